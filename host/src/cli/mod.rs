@@ -1,0 +1,304 @@
+//! The `baton` command line. JSON for machines (`--json`), readable text for people.
+//!
+//! Exit codes: 0 success; 1 failure (a run that failed, a refused component, bad input);
+//! 2 for `baton check` on a file that is not a readable component, and for usage errors.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::manifest::Mesh;
+use crate::policy::{self, Policy};
+use crate::report::{EntryView, Report};
+use crate::runtime::Host;
+use crate::store::{Param, ParamValue, STORE_FILE, Store};
+
+/// Run AI agents as sandboxed WebAssembly components with secure, audited handoffs.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded example: researcher hands its findings to writer.
+    Demo {
+        /// State directory (created if missing).
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a task to an agent of a mesh and run the chain to its end.
+    Run {
+        /// The mesh manifest.
+        #[arg(long)]
+        mesh: PathBuf,
+        /// The agent that gets the task.
+        #[arg(long)]
+        to: String,
+        /// What the agent should do.
+        #[arg(long)]
+        summary: String,
+        /// JSON data, written to the blackboard for the agent.
+        #[arg(long)]
+        data: Option<String>,
+        /// A typed parameter, `name=value` (true/false, integers and numbers are typed).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// State directory (created if missing).
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a component's imports and whether a policy admits it.
+    Check {
+        /// The component file.
+        file: PathBuf,
+        /// The policy to judge it by.
+        #[arg(long, default_value = "default")]
+        policy: Policy,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the blackboard.
+    Bb {
+        #[command(subcommand)]
+        command: BbCommand,
+    },
+    /// Show the handoff chain of a task.
+    Trace {
+        /// Any task of the chain.
+        task: String,
+        /// State directory.
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BbCommand {
+    /// Print a key as a JSON array of versions (the newest, or all with --history).
+    Get {
+        /// The key.
+        key: String,
+        /// Every version, oldest first.
+        #[arg(long)]
+        history: bool,
+        /// State directory.
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
+    },
+}
+
+/// Parse the command line, run it, print any error with its causes, and exit.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Demo { state, json } => {
+            let report = block_on(crate::demo::run(&state))??;
+            Ok(print_report(&report, json))
+        }
+        Command::Run {
+            mesh,
+            to,
+            summary,
+            data,
+            params,
+            state,
+            json,
+        } => {
+            let data = data
+                .map(|d| {
+                    serde_json::from_str::<serde_json::Value>(&d)
+                        .map(|_| d.into_bytes())
+                        .context("--data is not valid JSON")
+                })
+                .transpose()?;
+            let params = params
+                .iter()
+                .map(|p| parse_param(p))
+                .collect::<anyhow::Result<_>>()?;
+            let mesh = Mesh::load(&mesh)?;
+            let report = block_on(async {
+                let host = Host::load(&mesh, &state)?;
+                let submitted = host.submit(&to, &summary, data, params)?;
+                host.run_until_idle().await?;
+                Report::for_task(host.store(), &submitted.task)?
+                    .context("the submitted task vanished from the store")
+            })??;
+            Ok(print_report(&report, json))
+        }
+        Command::Check { file, policy, json } => Ok(check(&file, policy, json)),
+        Command::Bb {
+            command:
+                BbCommand::Get {
+                    key,
+                    history,
+                    state,
+                },
+        } => {
+            let store = open_existing(&state)?;
+            let entries = if history {
+                store.history(&key)?
+            } else {
+                store.read(&key, None)?.into_iter().collect()
+            };
+            if entries.is_empty() {
+                bail!("no key `{key}` in {}", store.path().display());
+            }
+            let views: Vec<EntryView> = entries.iter().map(EntryView::from).collect();
+            println!("{}", serde_json::to_string_pretty(&views)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace { task, state, json } => {
+            let store = open_existing(&state)?;
+            let report = Report::for_task(&store, &task)?
+                .with_context(|| format!("no task `{task}` in {}", store.path().display()))?;
+            Ok(print_report(&report, json))
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(f))
+}
+
+/// Open the store of a state directory that must already exist: reading commands never
+/// create state.
+fn open_existing(state: &Path) -> anyhow::Result<Store> {
+    if !state.join(STORE_FILE).exists() {
+        bail!(
+            "no baton state in `{}` (no {STORE_FILE}); run `baton demo` or `baton run` first, or pass --state",
+            state.display()
+        );
+    }
+    Ok(Store::open(state)?)
+}
+
+fn print_report(report: &Report, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialize")
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.status == "failed" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `name=value`, typed: `true`/`false`, then integers, then numbers, else text.
+fn parse_param(p: &str) -> anyhow::Result<Param> {
+    let Some((name, value)) = p.split_once('=') else {
+        bail!("--param `{p}` is not NAME=VALUE");
+    };
+    if name.is_empty() {
+        bail!("--param `{p}` has an empty name");
+    }
+    let value = match value {
+        "true" => ParamValue::Flag(true),
+        "false" => ParamValue::Flag(false),
+        v => v
+            .parse::<i64>()
+            .map(ParamValue::Integer)
+            .or_else(|_| v.parse::<f64>().map(ParamValue::Number))
+            .unwrap_or_else(|_| ParamValue::Text(v.to_string())),
+    };
+    Ok(Param {
+        name: name.to_string(),
+        value,
+    })
+}
+
+fn check(file: &Path, policy: Policy, json: bool) -> ExitCode {
+    let shown = file.display();
+    let verdict = std::fs::read(file)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|bytes| policy::check(&bytes, policy).map_err(|e| format!("{e}")));
+    match verdict {
+        Err(reason) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": shown.to_string(), "policy": policy, "error": reason })
+                );
+            } else {
+                eprintln!("error: {shown}: {reason}");
+            }
+            ExitCode::from(2)
+        }
+        Ok(v) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "file": shown.to_string(),
+                        "policy": v.policy,
+                        "admitted": v.admitted(),
+                        "imports": v.imports,
+                        "refused": v.refused,
+                    }))
+                    .expect("verdicts serialize")
+                );
+            } else {
+                let word = if v.admitted() { "admitted" } else { "refused" };
+                println!("{shown}: {word} by policy `{}`", v.policy);
+                for r in &v.refused {
+                    println!("  refused {}: {}", r.import, r.reason);
+                }
+                println!("imports:");
+                for i in &v.imports {
+                    println!("  {i}");
+                }
+            }
+            if v.admitted() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! baton runs AI agents as sandboxed WebAssembly components and moves work between them
+//! through durable, audited handoffs.
+//!
+//! An agent can do three things to the world, all through the host: hand work off, claim
+//! tasks from its inbox, and read the blackboard keys it was granted. It cannot see the
+//! host's files, environment, sockets or secrets, because no import reaches them.
+//!
+//! # Layout
+//!
+//! - [`manifest`]: `mesh.toml`, strictly parsed; every error names file, agent and field.
+//! - [`policy`]: which imports a component may have, checked before it is compiled.
+//! - [`grants`]: which blackboard keys an agent may read.
+//! - [`mesh`]: the host side of `baton:agent/mesh` (hand-off, check-inbox, read-blackboard).
+//! - [`store`]: the redb store: blackboard with version history, inboxes, tasks, handoffs.
+//! - [`runtime`]: the wasmtime engine, loading agents, activations and their limits.
+//! - [`report`]: the chain of a task, as JSON for machines and text for people.
+//! - [`demo`]: the zero-config researcher → writer mesh, embedded in the binary.
+//! - [`cli`]: the `baton` command line.
+
+pub mod bindings;
+pub mod cli;
+pub mod demo;
+pub mod grants;
+pub mod manifest;
+pub mod mesh;
+pub mod policy;
+pub mod report;
+pub mod runtime;
+pub mod store;
+
+pub use manifest::{AgentSpec, Limits, ManifestError, Mesh};
+pub use policy::{Policy, Verdict};
+
+pub use runtime::{Host, LoadError, SubmitError};
+pub use store::{EntryRecord, Store, StoreError, TaskRecord};

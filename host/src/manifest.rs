@@ -1,0 +1,353 @@
+//! `mesh.toml`: the agents a host runs and what each may do.
+//!
+//! Parsing is strict: unknown fields are errors, and every error names the file, the
+//! agent and the field, so a typo never silently widens or narrows a grant.
+//!
+//! ```toml
+//! [mesh]
+//! policy = "default"            # default policy for agents: default | strict
+//!
+//! [[agent]]
+//! id = "researcher"
+//! component = "researcher.wasm" # relative to this file
+//! sha256 = "…"                  # optional pin
+//! reads = ["shared/**"]         # readable key globs, beyond its own namespace
+//! handoff = ["writer"]          # agents it may hand off to
+//!
+//! [agent.limits]
+//! memory_mib = 64
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::policy::Policy;
+
+/// The pseudo-agent that submits work from outside the mesh (`baton run`).
+pub const OPERATOR: &str = "operator";
+
+/// A manifest problem: which file, which agent, which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// The manifest file (or a label such as `<demo>`).
+    pub file: String,
+    /// The agent concerned, when the error is inside one.
+    pub agent: Option<String>,
+    /// The field concerned, dotted (`limits.memory_mib`).
+    pub field: Option<String>,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(agent) = &self.agent {
+            write!(f, ": agent `{agent}`")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Per-agent limits. Every one has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory, in MiB.
+    pub memory_mib: u64,
+    /// CPU time per activation, in milliseconds (an epoch deadline).
+    pub cpu_ms: u64,
+    /// Largest `data` or outcome, in KiB.
+    pub payload_kib: u64,
+    /// Most pending tasks in this agent's inbox; handoffs past it get `busy`.
+    pub inbox_depth: u64,
+    /// Most handoffs one activation may make.
+    pub handoffs_per_activation: u32,
+    /// Default deadline of tasks handed to this agent, in milliseconds.
+    pub deadline_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 64,
+            cpu_ms: 5_000,
+            payload_kib: 1024,
+            inbox_depth: 1_000,
+            handoffs_per_activation: 64,
+            deadline_ms: 30_000,
+        }
+    }
+}
+
+/// One agent as written in the manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: String,
+    component: PathBuf,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    policy: Option<Policy>,
+    #[serde(default)]
+    reads: Vec<String>,
+    #[serde(default)]
+    handoff: Vec<String>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeshSection {
+    #[serde(default)]
+    policy: Option<Policy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    mesh: RawMeshSection,
+    #[serde(default)]
+    agent: Vec<toml::Value>,
+}
+
+/// An agent ready to load: its component bytes are in memory and its grants are checked.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The agent's id, unique in the mesh.
+    pub id: String,
+    /// Where the component came from, for messages.
+    pub component: String,
+    /// The component's bytes.
+    pub wasm: Arc<[u8]>,
+    /// The import policy it is loaded under.
+    pub policy: Policy,
+    /// Readable key globs beyond its own namespace.
+    pub reads: Vec<String>,
+    /// Agents it may hand off to.
+    pub handoff: Vec<String>,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+impl AgentSpec {
+    /// An agent with default policy and limits and no grants.
+    pub fn new(id: impl Into<String>, component: impl Into<String>, wasm: Arc<[u8]>) -> Self {
+        AgentSpec {
+            id: id.into(),
+            component: component.into(),
+            wasm,
+            policy: Policy::Default,
+            reads: Vec::new(),
+            handoff: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A validated mesh: every agent loaded from disk and cross-checked.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    /// The manifest it came from, for messages.
+    pub file: String,
+    /// The agents, in manifest order.
+    pub agents: Vec<AgentSpec>,
+}
+
+impl Mesh {
+    /// Read and validate `path`; component paths are relative to its folder.
+    pub fn load(path: &Path) -> Result<Mesh, ManifestError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: file.clone(),
+            agent: None,
+            field: None,
+            message: format!("cannot read the manifest: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Mesh::parse(&file, &text, |component| {
+            let resolved = base.join(component);
+            std::fs::read(&resolved).map_err(|e| {
+                format!(
+                    "cannot read component `{}` (resolved to `{}`): {e}",
+                    component.display(),
+                    resolved.display()
+                )
+            })
+        })
+    }
+
+    /// Validate manifest `text`, reading components through `read`.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        mut read: impl FnMut(&Path) -> Result<Vec<u8>, String>,
+    ) -> Result<Mesh, ManifestError> {
+        let err = |agent: Option<&str>, field: Option<&str>, message: String| ManifestError {
+            file: file.to_string(),
+            agent: agent.map(str::to_string),
+            field: field.map(str::to_string),
+            message,
+        };
+
+        let raw: RawManifest = {
+            let de = toml::Deserializer::parse(text)
+                .map_err(|e| err(None, None, format!("not valid TOML: {}", e.message())))?;
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                err(None, Some(&field), e.into_inner().message().to_string())
+            })?
+        };
+        let mesh_policy = raw.mesh.policy.unwrap_or_default();
+
+        let mut agents: Vec<AgentSpec> = Vec::new();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, value) in raw.agent.into_iter().enumerate() {
+            let label = value
+                .get("id")
+                .and_then(toml::Value::as_str)
+                .map_or_else(|| format!("#{}", index + 1), str::to_string);
+            let a: RawAgent = serde_path_to_error::deserialize(value).map_err(|e| {
+                let field = e.path().to_string();
+                let field = (field != ".").then_some(field);
+                err(Some(&label), field.as_deref(), e.into_inner().to_string())
+            })?;
+            let here = |field: &str, message: String| err(Some(&a.id), Some(field), message);
+
+            validate_id(&a.id).map_err(|m| here("id", m))?;
+            if let Some(first) = seen.insert(a.id.clone(), index + 1) {
+                return Err(here(
+                    "id",
+                    format!(
+                        "duplicate agent id `{}`: agents #{first} and #{} both use it; ids must be unique",
+                        a.id,
+                        index + 1
+                    ),
+                ));
+            }
+            for glob in &a.reads {
+                crate::grants::compile_glob(glob).map_err(|m| here("reads", m))?;
+            }
+            check_limits(&a.limits).map_err(|(f, m)| here(&format!("limits.{f}"), m))?;
+
+            let wasm = read(&a.component).map_err(|m| here("component", m))?;
+            if let Some(pin) = &a.sha256 {
+                let actual = hex(&Sha256::digest(&wasm));
+                if !pin.eq_ignore_ascii_case(&actual) {
+                    return Err(here(
+                        "sha256",
+                        format!(
+                            "component `{}` does not match its pin: expected sha256 {pin}, actual {actual}",
+                            a.component.display()
+                        ),
+                    ));
+                }
+            }
+            agents.push(AgentSpec {
+                component: a.component.display().to_string(),
+                wasm: wasm.into(),
+                policy: a.policy.unwrap_or(mesh_policy),
+                id: a.id,
+                reads: a.reads,
+                handoff: a.handoff,
+                limits: a.limits,
+            });
+        }
+
+        let mesh = Mesh {
+            file: file.to_string(),
+            agents,
+        };
+        mesh.check_targets()?;
+        Ok(mesh)
+    }
+
+    /// Every `handoff` entry must name an agent of this mesh.
+    pub fn check_targets(&self) -> Result<(), ManifestError> {
+        for a in &self.agents {
+            for target in &a.handoff {
+                if self.agent(target).is_none() {
+                    return Err(ManifestError {
+                        file: self.file.clone(),
+                        agent: Some(a.id.clone()),
+                        field: Some("handoff".into()),
+                        message: format!(
+                            "unknown agent `{target}`; agents in this mesh: {}",
+                            self.ids().join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent called `id`.
+    pub fn agent(&self, id: &str) -> Option<&AgentSpec> {
+        self.agents.iter().find(|a| a.id == id)
+    }
+
+    /// All agent ids, in manifest order.
+    pub fn ids(&self) -> Vec<&str> {
+        self.agents.iter().map(|a| a.id.as_str()).collect()
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), String> {
+    if id == OPERATOR {
+        return Err(format!(
+            "`{OPERATOR}` is reserved for work submitted from outside the mesh"
+        ));
+    }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a valid agent id: use 1 to 64 of a-z, 0-9, `-` and `_`"
+        ))
+    }
+}
+
+fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
+    let positive = [
+        ("memory_mib", l.memory_mib),
+        ("cpu_ms", l.cpu_ms),
+        ("payload_kib", l.payload_kib),
+        ("inbox_depth", l.inbox_depth),
+        (
+            "handoffs_per_activation",
+            u64::from(l.handoffs_per_activation),
+        ),
+        ("deadline_ms", l.deadline_ms),
+    ];
+    for (field, value) in positive {
+        if value == 0 {
+            return Err((field, "must be greater than 0".into()));
+        }
+    }
+    if l.memory_mib > 4096 {
+        return Err(("memory_mib", "at most 4096 (a 32-bit memory)".into()));
+    }
+    Ok(())
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,268 @@
+//! What a component may import, decided before it is compiled or instantiated.
+//!
+//! The host reads the component's top-level imports straight from its binary and refuses
+//! any import outside the policy, naming every offender. Only then is it compiled and
+//! linked, and the linker offers nothing beyond what the policy admits, so an import that
+//! slipped past this list would still fail to link rather than reach the host.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use wasmparser::{ComponentTypeRef, Parser, Payload, TypeBounds, Validator, WasmFeatures};
+
+/// The WASI interfaces a Rust `wasm32-wasip2` agent pulls in through `std`. Each is linked
+/// inert: an empty environment, empty stdin, stdout and stderr captured into the agent's
+/// log, a clock and a random source. None of them reaches a host resource.
+pub const INERT_WASI: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+];
+
+/// The WASI version family the host links (wasmtime 48 implements 0.2.x).
+const WASI_VERSION_PREFIX: &str = "0.2.";
+
+/// The baton contract; any interface of this package at this version is admitted.
+const BATON_PACKAGE: &str = "baton:agent/";
+const BATON_VERSION: &str = "0.1.0";
+
+/// Which imports a component may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// `baton:agent/*` plus the inert WASI base listed in [`INERT_WASI`].
+    #[default]
+    Default,
+    /// `baton:agent/*` only.
+    Strict,
+}
+
+impl Policy {
+    /// The policy's name as written in manifests and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Default => "default",
+            Policy::Strict => "strict",
+        }
+    }
+
+    /// Why `import` is refused under this policy, or `None` when it is admitted.
+    pub fn refuse(self, import: &str) -> Option<String> {
+        let (path, version) = match import.split_once('@') {
+            Some((p, v)) => (p, Some(v)),
+            None => (import, None),
+        };
+        if path.starts_with(BATON_PACKAGE) {
+            return match version {
+                Some(BATON_VERSION) => None,
+                _ => Some(format!(
+                    "this host speaks baton:agent@{BATON_VERSION}, not {}",
+                    version.unwrap_or("an unversioned contract")
+                )),
+            };
+        }
+        if !INERT_WASI.contains(&path) {
+            return Some(match path.split_once('/') {
+                Some((pkg, _)) if is_host_reaching(pkg) => {
+                    format!("`{pkg}` reaches host resources; no baton policy links it")
+                }
+                Some(_) => "unknown interface; the host offers no such import".into(),
+                None => "a bare function import; agents import interfaces only".into(),
+            });
+        }
+        if self == Policy::Strict {
+            return Some("the strict policy admits baton:agent only".into());
+        }
+        match version {
+            Some(v) if v.starts_with(WASI_VERSION_PREFIX) => None,
+            Some(v) => Some(format!(
+                "WASI {v} is not linked; this host links WASI {WASI_VERSION_PREFIX}x"
+            )),
+            None => Some("unversioned WASI import".into()),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Policy::Default),
+            "strict" => Ok(Policy::Strict),
+            other => Err(format!(
+                "unknown policy `{other}`; expected `default` or `strict`"
+            )),
+        }
+    }
+}
+
+fn is_host_reaching(package: &str) -> bool {
+    matches!(
+        package,
+        "wasi:filesystem" | "wasi:sockets" | "wasi:http" | "wasi:config" | "wasi:keyvalue"
+    )
+}
+
+/// One import the policy refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The full import name, e.g. `wasi:filesystem/preopens@0.2.6`.
+    pub import: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The verdict on a component: its imports and the ones refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// The policy applied.
+    pub policy: Policy,
+    /// Every top-level import, in the component's order.
+    pub imports: Vec<String>,
+    /// The refused imports; empty when the component is admitted.
+    pub refused: Vec<Refusal>,
+}
+
+impl Verdict {
+    /// Whether the policy admits the component.
+    pub fn admitted(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// The refused import names, comma-separated, for error messages.
+    pub fn refused_names(&self) -> String {
+        self.refused
+            .iter()
+            .map(|r| r.import.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why bytes are not a component the host can judge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    /// A core module: agents must be components.
+    #[error(
+        "a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// A component that does not parse or validate (truncated, corrupt).
+    #[error("an invalid component: {0}")]
+    Invalid(String),
+}
+
+/// The top-level imports of a component, after validating it whole. Type imports bound
+/// by equality (a world's `use` of a record) are aliases, grant nothing, and are left out;
+/// every other import, including an abstract resource type, is listed and judged.
+pub fn imports(bytes: &[u8]) -> Result<Vec<String>, Unreadable> {
+    if !Parser::is_component(bytes) {
+        return Err(if Parser::is_core_wasm(bytes) {
+            Unreadable::CoreModule
+        } else {
+            Unreadable::NotWasm
+        });
+    }
+    Validator::new_with_features(WasmFeatures::default())
+        .validate_all(bytes)
+        .map_err(|e| Unreadable::Invalid(e.to_string()))?;
+
+    let mut names = Vec::new();
+    // Nested modules and components have imports of their own, satisfied inside the
+    // component; only depth 0 faces the host.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| Unreadable::Invalid(e.to_string()))? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import = import.map_err(|e| Unreadable::Invalid(e.to_string()))?;
+                    if !matches!(import.ty, ComponentTypeRef::Type(TypeBounds::Eq(_))) {
+                        names.push(import.name.name.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
+/// Judge a component's bytes under `policy`.
+pub fn check(bytes: &[u8], policy: Policy) -> Result<Verdict, Unreadable> {
+    let imports = imports(bytes)?;
+    let refused = imports
+        .iter()
+        .filter_map(|i| {
+            policy.refuse(i).map(|reason| Refusal {
+                import: i.clone(),
+                reason,
+            })
+        })
+        .collect();
+    Ok(Verdict {
+        policy,
+        imports,
+        refused,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_the_contract_and_inert_wasi_only() {
+        let d = Policy::Default;
+        assert_eq!(d.refuse("baton:agent/mesh@0.1.0"), None);
+        assert_eq!(d.refuse("wasi:cli/environment@0.2.6"), None);
+        assert!(d.refuse("baton:agent/mesh@0.2.0").is_some());
+        assert!(
+            d.refuse("wasi:filesystem/preopens@0.2.6")
+                .unwrap()
+                .contains("reaches host resources")
+        );
+        assert!(d.refuse("wasi:sockets/tcp@0.2.0").is_some());
+        assert!(d.refuse("wasi:cli/environment@0.3.0").is_some());
+        assert!(d.refuse("evil:backdoor/exfil").unwrap().contains("unknown"));
+        assert!(
+            Policy::Strict
+                .refuse("wasi:cli/environment@0.2.6")
+                .is_some()
+        );
+        assert_eq!(Policy::Strict.refuse("baton:agent/mesh@0.1.0"), None);
+    }
+
+    #[test]
+    fn unreadable_inputs_are_named() {
+        assert_eq!(imports(b"hello"), Err(Unreadable::NotWasm));
+        assert_eq!(imports(b"\0asm\x01\0\0\0"), Err(Unreadable::CoreModule));
+        let truncated = b"\0asm\x0d\0\x01\0\x01\x10";
+        assert!(matches!(imports(truncated), Err(Unreadable::Invalid(_))));
+    }
+}
