@@ -12,4 +12,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use baton::agent::mesh;
+pub use self::baton::agent::mesh;

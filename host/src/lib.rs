@@ -30,6 +30,7 @@ pub mod store;
 
 pub use manifest::{AgentSpec, Limits, ManifestError, Mesh};
 pub use policy::{Policy, Verdict};
+pub use report::Report;
 
 pub use runtime::{Host, LoadError, SubmitError};
 pub use store::{EntryRecord, Store, StoreError, TaskRecord};

@@ -202,11 +202,14 @@ impl Mesh {
         };
 
         let raw: RawManifest = {
-            let de = toml::Deserializer::parse(text)
-                .map_err(|e| err(None, None, format!("not valid TOML: {}", e.message())))?;
+            let de = toml::Deserializer::parse(text).map_err(|e| {
+                let at = e.span().map(|s| format!(" at {}", line_col(text, s.start)));
+                let message = format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message());
+                err(None, None, message)
+            })?;
             serde_path_to_error::deserialize(de).map_err(|e| {
-                let field = e.path().to_string();
-                err(None, Some(&field), e.into_inner().message().to_string())
+                let field = field_of(&e.path().to_string(), e.inner().message());
+                err(None, field.as_deref(), e.into_inner().message().to_string())
             })?
         };
         let mesh_policy = raw.mesh.policy.unwrap_or_default();
@@ -219,9 +222,9 @@ impl Mesh {
                 .and_then(toml::Value::as_str)
                 .map_or_else(|| format!("#{}", index + 1), str::to_string);
             let a: RawAgent = serde_path_to_error::deserialize(value).map_err(|e| {
-                let field = e.path().to_string();
-                let field = (field != ".").then_some(field);
-                err(Some(&label), field.as_deref(), e.into_inner().to_string())
+                let message = e.inner().message().to_string();
+                let field = field_of(&e.path().to_string(), &message);
+                err(Some(&label), field.as_deref(), message)
             })?;
             let here = |field: &str, message: String| err(Some(&a.id), Some(field), message);
 
@@ -302,6 +305,26 @@ impl Mesh {
     pub fn ids(&self) -> Vec<&str> {
         self.agents.iter().map(|a| a.id.as_str()).collect()
     }
+}
+
+/// The dotted field an error is about: serde's path, or for a field that is missing at
+/// the top of a table, the name in the message.
+fn field_of(path: &str, message: &str) -> Option<String> {
+    if path != "." {
+        return Some(path.to_string());
+    }
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_string())
+}
+
+/// `line L, column C` of a byte offset, both from 1.
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}")
 }
 
 fn validate_id(id: &str) -> Result<(), String> {

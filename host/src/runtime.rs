@@ -56,7 +56,7 @@ pub enum LoadError {
         /// The component file.
         component: String,
         /// Every import and every refusal.
-        verdict: Verdict,
+        verdict: Box<Verdict>,
     },
     /// A component is not a readable component.
     #[error("{file}: agent `{agent}`: component `{component}` is {reason}")]
@@ -263,7 +263,7 @@ impl Host {
                     file: mesh.file.clone(),
                     agent: spec.id.clone(),
                     component: spec.component.clone(),
-                    verdict,
+                    verdict: Box::new(verdict),
                 });
             }
             let component = Component::new(&engine, &*spec.wasm)
