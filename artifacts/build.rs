@@ -21,6 +21,19 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("fs_reader", "fs_reader.wasm"),
     ("backdoor", "backdoor.wasm"),
     ("wasi_command", "wasi-command.wasm"),
+    ("echo", "echo.wasm"),
+    ("pusher", "pusher.wasm"),
+    ("dispatcher", "dispatcher.wasm"),
+    ("summarizer", "summarizer.wasm"),
+    ("streamer", "streamer.wasm"),
+    ("reader", "reader.wasm"),
+    ("triage", "triage.wasm"),
+    ("router", "router.wasm"),
+    ("caller", "caller.wasm"),
+    ("fanout", "fanout.wasm"),
+    ("sleeper", "sleeper.wasm"),
+    ("bouncer", "bouncer.wasm"),
+    ("crasher", "crasher.wasm"),
 ];
 
 fn main() {

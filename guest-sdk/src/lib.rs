@@ -205,6 +205,12 @@ impl Task {
     pub fn in_reply_to(&self) -> Option<&str> {
         self.0.in_reply_to.as_deref()
     }
+    /// A reader for the stream this task points at (the `stream` pattern).
+    pub fn stream(&self) -> Option<StreamReader> {
+        (self.0.pattern == Pattern::Stream)
+            .then(|| self.0.pointer.clone().map(StreamReader::new))
+            .flatten()
+    }
     /// The task's data as bytes: the inline payload, or the value behind the pointer.
     pub fn bytes(&self) -> Result<Vec<u8>, Error> {
         if let Some(payload) = &self.0.payload {
@@ -267,9 +273,71 @@ pub fn read_blackboard_version(key: &str, version: u64) -> Result<Entry, MeshErr
     mesh::read_blackboard(key, Some(version)).map(Entry::from)
 }
 
-/// Claim up to `max` pending tasks addressed to this agent.
+/// Claim up to `max` pending tasks addressed to this agent, without waiting.
 pub fn check_inbox(max: u32) -> Vec<Task> {
-    mesh::check_inbox(max).into_iter().map(Task).collect()
+    wait_inbox(max, 0)
+}
+
+/// Claim up to `max` pending tasks, waiting up to `wait_ms` for the first one. Use it to
+/// join the replies of a fan-out.
+pub fn wait_inbox(max: u32, wait_ms: u32) -> Vec<Task> {
+    mesh::check_inbox(max, wait_ms)
+        .into_iter()
+        .map(Task)
+        .collect()
+}
+
+/// The writing end of a `stream` handoff: chunks become versions of the stream key, and
+/// the callee is woken at the first one.
+#[derive(Debug)]
+pub struct StreamWriter {
+    receipt: Receipt,
+}
+
+impl StreamWriter {
+    /// The handoff that opened the stream; `key` is the stream key.
+    pub fn receipt(&self) -> &Receipt {
+        &self.receipt
+    }
+    /// Append a chunk; returns its version.
+    pub fn write(&self, chunk: &[u8]) -> Result<u64, MeshError> {
+        mesh::write_stream(&self.receipt.handoff_id, chunk)
+    }
+    /// Append a chunk encoded as JSON.
+    pub fn write_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<u64, Error> {
+        Ok(self.write(&serde_json::to_vec(value)?)?)
+    }
+    /// Close the stream: the reader sees the end after the last chunk.
+    pub fn close(self) -> Result<(), MeshError> {
+        mesh::close_stream(&self.receipt.handoff_id)
+    }
+}
+
+/// The reading end of a stream: chunk after chunk until the writer closes it.
+#[derive(Debug, Clone)]
+pub struct StreamReader {
+    key: String,
+    after: u64,
+}
+
+impl StreamReader {
+    /// Read the stream at `key` from its first chunk.
+    pub fn new(key: impl Into<String>) -> Self {
+        StreamReader {
+            key: key.into(),
+            after: 0,
+        }
+    }
+    /// The next chunk, waiting up to `wait_ms` for it; `None` once the stream is closed.
+    pub fn next(&mut self, wait_ms: u32) -> Result<Option<Entry>, MeshError> {
+        match mesh::read_stream(&self.key, self.after, wait_ms)? {
+            mesh::StreamItem::Chunk(e) => {
+                self.after = e.version;
+                Ok(Some(Entry::from(e)))
+            }
+            mesh::StreamItem::Closed => Ok(None),
+        }
+    }
 }
 
 /// The host's answer to a successful handoff.
@@ -366,6 +434,12 @@ impl Handoff {
     pub fn reply(mut self, reply: bool) -> Self {
         self.request.reply = reply;
         self
+    }
+    /// Open a stream to the target: write chunks with the returned writer. Data set on
+    /// this builder becomes the first chunk.
+    pub fn open_stream(mut self) -> Result<StreamWriter, Error> {
+        self.request.pattern = Pattern::Stream;
+        self.send().map(|receipt| StreamWriter { receipt })
     }
     /// Hand off. Returns once the host has made the handoff durable.
     pub fn send(self) -> Result<Receipt, Error> {

@@ -16,6 +16,13 @@
 //!
 //! [agent.limits]
 //! memory_mib = 64
+//!
+//! [[route]]                     # conditional routing: hand off to `route:by-lang`
+//! id = "by-lang"
+//! rules = [
+//!   { param = "lang", equals = "fr", to = "writer-fr" },
+//!   { to = "writer" },          # no condition: the default
+//! ]
 //! ```
 
 use std::collections::BTreeMap;
@@ -27,6 +34,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::policy::Policy;
+use crate::store::{Kind, Param, ParamValue};
 
 /// The pseudo-agent that submits work from outside the mesh (`baton run`).
 pub const OPERATOR: &str = "operator";
@@ -73,6 +81,8 @@ pub struct Limits {
     pub handoffs_per_activation: u32,
     /// Default deadline of tasks handed to this agent, in milliseconds.
     pub deadline_ms: u64,
+    /// Most activations of this agent at once.
+    pub concurrency: u32,
 }
 
 impl Default for Limits {
@@ -84,6 +94,7 @@ impl Default for Limits {
             inbox_depth: 1_000,
             handoffs_per_activation: 64,
             deadline_ms: 30_000,
+            concurrency: 1,
         }
     }
 }
@@ -103,7 +114,53 @@ struct RawAgent {
     #[serde(default)]
     handoff: Vec<String>,
     #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    input_schema: Option<toml::Value>,
+    #[serde(default)]
+    strip: Vec<String>,
+    #[serde(default)]
     limits: Limits,
+}
+
+/// A rule of a conditional route: when it matches, the handoff goes to `to`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Match when the handoff has this parameter...
+    #[serde(default)]
+    pub param: Option<String>,
+    /// ...with this value (text, integer, number or boolean).
+    #[serde(default)]
+    pub equals: Option<ParamValue>,
+    /// Match when the caller is handling this kind of task (`work` or `reply`).
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    /// The agent the handoff goes to.
+    pub to: String,
+}
+
+impl Rule {
+    /// Whether a handoff with `params`, made while handling a `kind` task, matches.
+    pub fn matches(&self, params: &[Param], kind: Kind) -> bool {
+        let param_ok = match (&self.param, &self.equals) {
+            (Some(name), Some(value)) => {
+                params.iter().any(|p| &p.name == name && &p.value == value)
+            }
+            _ => true,
+        };
+        param_ok && self.kind.is_none_or(|k| k == kind)
+    }
+}
+
+/// A conditional route: handoffs to `route:<id>` go to the first rule that matches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The route's name.
+    pub id: String,
+    /// Rules, tried in order.
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +168,10 @@ struct RawAgent {
 struct RawMeshSection {
     #[serde(default)]
     policy: Option<Policy>,
+    #[serde(default)]
+    max_hops: Option<u32>,
+    #[serde(default)]
+    queue_depth: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +181,8 @@ struct RawManifest {
     mesh: RawMeshSection,
     #[serde(default)]
     agent: Vec<toml::Value>,
+    #[serde(default)]
+    route: Vec<Route>,
 }
 
 /// An agent ready to load: its component bytes are in memory and its grants are checked.
@@ -135,8 +198,14 @@ pub struct AgentSpec {
     pub policy: Policy,
     /// Readable key globs beyond its own namespace.
     pub reads: Vec<String>,
-    /// Agents it may hand off to.
+    /// Agents, `capability:<name>` pools and `route:<name>` routes it may hand off to.
     pub handoff: Vec<String>,
+    /// Capabilities it serves: it claims tasks handed to `capability:<name>`.
+    pub capabilities: Vec<String>,
+    /// JSON Schema that `push` payloads to it must satisfy.
+    pub input_schema: Option<serde_json::Value>,
+    /// Top-level payload fields the host removes before a `push` task reaches it.
+    pub strip: Vec<String>,
     /// Its limits.
     pub limits: Limits,
 }
@@ -151,6 +220,9 @@ impl AgentSpec {
             policy: Policy::Default,
             reads: Vec::new(),
             handoff: Vec::new(),
+            capabilities: Vec::new(),
+            input_schema: None,
+            strip: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -163,6 +235,30 @@ pub struct Mesh {
     pub file: String,
     /// The agents, in manifest order.
     pub agents: Vec<AgentSpec>,
+    /// Conditional routes.
+    pub routes: Vec<Route>,
+    /// Most hops in one chain; a handoff past it is denied.
+    pub max_hops: u32,
+    /// Most pending tasks in one capability queue.
+    pub queue_depth: u64,
+}
+
+/// Default hop budget of a chain.
+pub const DEFAULT_MAX_HOPS: u32 = 16;
+/// Default bound of a capability queue.
+pub const DEFAULT_QUEUE_DEPTH: u64 = 1_000;
+
+impl Mesh {
+    /// A mesh of `agents` with no routes and default budgets, labelled `file` in errors.
+    pub fn new(file: impl Into<String>, agents: Vec<AgentSpec>) -> Mesh {
+        Mesh {
+            file: file.into(),
+            agents,
+            routes: Vec::new(),
+            max_hops: DEFAULT_MAX_HOPS,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+        }
+    }
 }
 
 impl Mesh {
@@ -243,6 +339,17 @@ impl Mesh {
                 crate::grants::compile_glob(glob).map_err(|m| here("reads", m))?;
             }
             check_limits(&a.limits).map_err(|(f, m)| here(&format!("limits.{f}"), m))?;
+            for cap in &a.capabilities {
+                validate_name(cap).map_err(|m| here("capabilities", m))?;
+            }
+            let input_schema = a
+                .input_schema
+                .map(|schema| {
+                    let json = serde_json::to_value(schema).map_err(|e| e.to_string())?;
+                    compile_schema(&json).map(|_| json)
+                })
+                .transpose()
+                .map_err(|m| here("input_schema", m))?;
 
             let wasm = read(&a.component).map_err(|m| here("component", m))?;
             if let Some(pin) = &a.sha256 {
@@ -264,6 +371,9 @@ impl Mesh {
                 id: a.id,
                 reads: a.reads,
                 handoff: a.handoff,
+                capabilities: a.capabilities,
+                input_schema,
+                strip: a.strip,
                 limits: a.limits,
             });
         }
@@ -271,29 +381,112 @@ impl Mesh {
         let mesh = Mesh {
             file: file.to_string(),
             agents,
+            routes: raw.route,
+            max_hops: raw.mesh.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
+            queue_depth: raw.mesh.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
         };
+        if mesh.max_hops == 0 {
+            return Err(err(
+                None,
+                Some("mesh.max_hops"),
+                "must be greater than 0".into(),
+            ));
+        }
+        if mesh.queue_depth == 0 {
+            return Err(err(
+                None,
+                Some("mesh.queue_depth"),
+                "must be greater than 0".into(),
+            ));
+        }
+        mesh.check_routes()?;
         mesh.check_targets()?;
         Ok(mesh)
     }
 
-    /// Every `handoff` entry must name an agent of this mesh.
+    /// Every route has a valid, unique name, rules, and agents as targets.
+    pub fn check_routes(&self) -> Result<(), ManifestError> {
+        let err = |route: &str, field: &str, message: String| ManifestError {
+            file: self.file.clone(),
+            agent: None,
+            field: Some(format!("route[{route}].{field}")),
+            message,
+        };
+        for (i, r) in self.routes.iter().enumerate() {
+            validate_name(&r.id).map_err(|m| err(&r.id, "id", m))?;
+            if self.routes[..i].iter().any(|o| o.id == r.id) {
+                return Err(err(&r.id, "id", format!("duplicate route id `{}`", r.id)));
+            }
+            if r.rules.is_empty() {
+                return Err(err(
+                    &r.id,
+                    "rules",
+                    "a route needs at least one rule".into(),
+                ));
+            }
+            for (n, rule) in r.rules.iter().enumerate() {
+                let field = format!("rules[{n}]");
+                if rule.param.is_some() != rule.equals.is_some() {
+                    return Err(err(
+                        &r.id,
+                        &field,
+                        "`param` and `equals` go together".into(),
+                    ));
+                }
+                if self.agent(&rule.to).is_none() {
+                    return Err(err(
+                        &r.id,
+                        &format!("{field}.to"),
+                        format!(
+                            "unknown agent `{}`; agents in this mesh: {}",
+                            rule.to,
+                            self.ids().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `handoff` entry must name an agent, a capability some agent serves, or a
+    /// route of this mesh.
     pub fn check_targets(&self) -> Result<(), ManifestError> {
         for a in &self.agents {
             for target in &a.handoff {
-                if self.agent(target).is_none() {
+                let problem = if let Some(cap) = target.strip_prefix(CAPABILITY) {
+                    (!self
+                        .agents
+                        .iter()
+                        .any(|w| w.capabilities.iter().any(|c| c == cap)))
+                    .then(|| format!("no agent serves capability `{cap}`"))
+                } else if let Some(route) = target.strip_prefix(ROUTE) {
+                    (!self.routes.iter().any(|r| r.id == route))
+                        .then(|| format!("no route `{route}` in this mesh"))
+                } else {
+                    self.agent(target).is_none().then(|| {
+                        format!(
+                            "unknown agent `{target}`; agents in this mesh: {}",
+                            self.ids().join(", ")
+                        )
+                    })
+                };
+                if let Some(message) = problem {
                     return Err(ManifestError {
                         file: self.file.clone(),
                         agent: Some(a.id.clone()),
                         field: Some("handoff".into()),
-                        message: format!(
-                            "unknown agent `{target}`; agents in this mesh: {}",
-                            self.ids().join(", ")
-                        ),
+                        message,
                     });
                 }
             }
         }
         Ok(())
+    }
+
+    /// The route called `id`.
+    pub fn route(&self, id: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.id == id)
     }
 
     /// The agent called `id`.
@@ -327,24 +520,40 @@ fn line_col(text: &str, offset: usize) -> String {
     format!("line {line}, column {column}")
 }
 
-fn validate_id(id: &str) -> Result<(), String> {
-    if id == OPERATOR {
-        return Err(format!(
-            "`{OPERATOR}` is reserved for work submitted from outside the mesh"
-        ));
-    }
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
+/// The prefix of a pull-dispatch target.
+pub const CAPABILITY: &str = "capability:";
+/// The prefix of a conditional-route target.
+pub const ROUTE: &str = "route:";
+
+/// Compile a JSON Schema, or say why it is not one.
+pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(schema).map_err(|e| format!("not a valid JSON Schema: {e}"))
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "`{id}` is not a valid agent id: use 1 to 64 of a-z, 0-9, `-` and `_`"
+            "`{name}` is not a valid name: use 1 to 64 of a-z, 0-9, `-` and `_`"
         ))
     }
+}
+
+fn validate_id(id: &str) -> Result<(), String> {
+    if id == OPERATOR {
+        return Err(format!(
+            "`{OPERATOR}` is reserved for work submitted from outside the mesh"
+        ));
+    }
+    validate_name(id).map_err(|_| {
+        format!("`{id}` is not a valid agent id: use 1 to 64 of a-z, 0-9, `-` and `_`")
+    })
 }
 
 fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
@@ -358,6 +567,7 @@ fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
             u64::from(l.handoffs_per_activation),
         ),
         ("deadline_ms", l.deadline_ms),
+        ("concurrency", u64::from(l.concurrency)),
     ];
     for (field, value) in positive {
         if value == 0 {

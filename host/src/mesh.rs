@@ -1,18 +1,26 @@
 //! `baton:agent/mesh`: everything an agent can do to the world, and the checks on it.
 //!
-//! Refusals an agent can act on (a denied key, a forbidden target, a full inbox) come back
-//! as `mesh-error` values and are logged. Failures of the host itself (the store cannot
-//! commit) are traps: the activation ends and the task is recorded as failed.
+//! Refusals an agent can act on (a denied key, a forbidden target, an invalid payload, a
+//! full inbox) come back as `mesh-error` values and are logged. Failures of the host itself
+//! (the store cannot commit) are traps: the activation ends and the task fails.
+//!
+//! Waiting calls (`check-inbox` and `read-stream` with a wait) are bounded by
+//! [`MAX_WAIT_MS`] and by the task's deadline, and they yield to the runtime, so the
+//! activation's deadline can always cut an agent off, even inside a host call.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::Notify;
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::mesh::{self as wit, Host, MeshError};
 use crate::grants::{ReadGrants, validate_key};
-use crate::manifest::{AgentSpec, Limits};
-use crate::store::{self, Kind, NewHandoff, Store, StoreError, TaskRecord};
+use crate::manifest::{AgentSpec, CAPABILITY, Limits, Mesh, ROUTE, Route, compile_schema};
+use crate::store::{
+    self, Fallback, Kind, NewHandoff, Refusal, Store, StoreError, StreamRead, TaskRecord,
+};
 
 /// Longest `summary` accepted, in bytes.
 pub const MAX_SUMMARY: usize = 4096;
@@ -20,6 +28,10 @@ pub const MAX_SUMMARY: usize = 4096;
 pub const MAX_LIST: usize = 256;
 /// Most tasks one `check-inbox` call claims.
 pub const MAX_CLAIM: u32 = 100;
+/// Longest wait of one `check-inbox` or `read-stream` call, in ms.
+pub const MAX_WAIT_MS: u64 = 10_000;
+/// Most extra attempts a `retry` fallback may ask for.
+pub const MAX_RETRIES: u32 = 10;
 
 /// What the host knows of one agent while it runs: its grants and limits.
 #[derive(Debug)]
@@ -28,8 +40,14 @@ pub struct AgentPolicy {
     pub id: String,
     /// Its static read grants.
     pub reads: ReadGrants,
-    /// Agents it may hand off to.
+    /// Agents, capabilities and routes it may hand off to.
     pub handoff: HashSet<String>,
+    /// Capabilities it serves.
+    pub capabilities: Vec<String>,
+    /// Its compiled input schema, for `push` payloads.
+    pub schema: Option<jsonschema::Validator>,
+    /// Payload fields stripped before a `push` task reaches it.
+    pub strip: Vec<String>,
     /// Its limits.
     pub limits: Limits,
 }
@@ -41,6 +59,9 @@ impl AgentPolicy {
             id: spec.id.clone(),
             reads: ReadGrants::new(&spec.id, &spec.reads)?,
             handoff: spec.handoff.iter().cloned().collect(),
+            capabilities: spec.capabilities.clone(),
+            schema: spec.input_schema.as_ref().map(compile_schema).transpose()?,
+            strip: spec.strip.clone(),
             limits: spec.limits.clone(),
         })
     }
@@ -53,6 +74,53 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Every agent of the mesh.
     pub agents: HashMap<String, Arc<AgentPolicy>>,
+    /// Conditional routes.
+    pub routes: HashMap<String, Route>,
+    /// Hop budget of a chain.
+    pub max_hops: u32,
+    /// Bound of each capability queue.
+    pub queue_depth: u64,
+    /// Wakes the scheduler when a task becomes ready.
+    pub ready: Notify,
+    /// Wakes `check-inbox` and `read-stream` waiters when something was written.
+    pub changed: Notify,
+}
+
+impl Shared {
+    /// The shared state for `mesh` over `store`.
+    pub fn new(mesh: &Mesh, store: Arc<Store>, agents: HashMap<String, Arc<AgentPolicy>>) -> Self {
+        Shared {
+            store,
+            agents,
+            routes: mesh
+                .routes
+                .iter()
+                .map(|r| (r.id.clone(), r.clone()))
+                .collect(),
+            max_hops: mesh.max_hops,
+            queue_depth: mesh.queue_depth,
+            ready: Notify::new(),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Tell the scheduler and every waiter that the store changed.
+    pub fn wake(&self) {
+        self.ready.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// The agents serving `capability`, in a stable order.
+    pub fn workers(&self, capability: &str) -> Vec<&str> {
+        let mut w: Vec<&str> = self
+            .agents
+            .values()
+            .filter(|a| a.capabilities.iter().any(|c| c == capability))
+            .map(|a| a.id.as_str())
+            .collect();
+        w.sort_unstable();
+        w
+    }
 }
 
 /// The `mesh` state of one activation.
@@ -66,6 +134,8 @@ pub struct MeshCtx {
     pub task: TaskRecord,
     /// Handoffs made so far in this activation.
     pub handoffs: u32,
+    /// Streams this activation opened; the host closes those still open when it ends.
+    pub streams: Vec<String>,
     /// Refusals, for the agent's log.
     pub log: Vec<String>,
 }
@@ -76,6 +146,12 @@ impl MeshCtx {
         tracing::warn!(agent = %self.agent.id, "{line}");
         self.log.push(line);
         e
+    }
+
+    /// How long a wait of `wait_ms` may last: bounded by the host and the deadline.
+    fn wait_bound(&self, wait_ms: u32) -> Duration {
+        let left = self.task.deadline.saturating_sub(store::now_ms());
+        Duration::from_millis(u64::from(wait_ms).min(MAX_WAIT_MS).min(left))
     }
 }
 
@@ -96,6 +172,15 @@ fn invalid(field: &str, message: impl Into<String>) -> MeshError {
         field: field.into(),
         message: message.into(),
     })
+}
+
+fn refusal(r: Refusal, field: &str) -> MeshError {
+    match r {
+        Refusal::Full(m) => MeshError::Busy(m),
+        Refusal::NotFound(m) => MeshError::NotFound(m),
+        Refusal::Denied(m) => MeshError::Denied(m),
+        Refusal::Invalid(m) => invalid(field, m),
+    }
 }
 
 fn trap(e: StoreError) -> wasmtime::Error {
@@ -128,43 +213,100 @@ pub fn add_to_linker<T: Send + 'static>(
     wit::add_to_linker::<T, HasMesh>(linker, get)
 }
 
+/// A handoff request that passed every check.
+struct Admitted {
+    to: String,
+    route: Option<String>,
+    pattern: store::Pattern,
+    data: Option<Vec<u8>>,
+    deadline_ms: u64,
+    fallback: Fallback,
+    inbox_depth: u64,
+}
+
 impl MeshView<'_> {
-    /// Check a handoff request against the caller's grants and limits.
-    fn admit(&self, r: &wit::HandoffRequest) -> Result<(Arc<AgentPolicy>, u64), MeshError> {
+    /// Check a handoff request against the caller's grants, the mesh and its budgets.
+    fn admit(&self, r: wit::HandoffRequest) -> Result<Admitted, MeshError> {
         let me = &self.ctx.agent;
-        if me.handoffs_exhausted(self.ctx.handoffs) {
+        let shared = &self.ctx.shared;
+        let current = &self.ctx.task;
+        if self.ctx.handoffs >= me.limits.handoffs_per_activation {
             return Err(MeshError::Busy(format!(
                 "agent `{}` has made {} handoffs in this activation, its limit",
                 me.id, me.limits.handoffs_per_activation
             )));
         }
-        if r.pattern != wit::Pattern::Blackboard {
+        if current.hops + 1 > shared.max_hops {
+            return Err(MeshError::Denied(format!(
+                "hop budget of {} exhausted: this chain is {} handoffs deep",
+                shared.max_hops, current.hops
+            )));
+        }
+        let may = |target: &str| {
+            if me.handoff.contains(target) {
+                Ok(())
+            } else {
+                Err(MeshError::Denied(format!(
+                    "agent `{}` may not hand off to `{target}`: it is not in its `handoff` list",
+                    me.id
+                )))
+            }
+        };
+        let mut pattern = pattern_from_wit(r.pattern);
+        let params: Vec<store::Param> = r.params.iter().cloned().map(param_from_wit).collect();
+
+        // Resolve the target: a capability pool, a conditional route, or an agent.
+        let (to, route, callee) = if let Some(cap) = r.target.strip_prefix(CAPABILITY) {
+            let workers = shared.workers(cap);
+            let Some(first) = workers.first() else {
+                return Err(MeshError::NotFound(format!(
+                    "no agent serves capability `{cap}`"
+                )));
+            };
+            may(&r.target)?;
+            if !matches!(pattern, store::Pattern::Pull | store::Pattern::Blackboard) {
+                return Err(invalid(
+                    "pattern",
+                    "a `capability:` target is served by pull dispatch; use `pull`",
+                ));
+            }
+            pattern = store::Pattern::Pull;
+            (r.target.clone(), None, shared.agents[*first].clone())
+        } else if let Some(name) = r.target.strip_prefix(ROUTE) {
+            let Some(route) = shared.routes.get(name) else {
+                return Err(MeshError::NotFound(format!(
+                    "no route `{name}` in this mesh"
+                )));
+            };
+            may(&r.target)?;
+            let Some(rule) = route
+                .rules
+                .iter()
+                .find(|rule| rule.matches(&params, current.kind))
+            else {
+                return Err(MeshError::NotFound(format!(
+                    "route `{name}` has no rule matching this handoff"
+                )));
+            };
+            let callee = shared.agents[&rule.to].clone();
+            (rule.to.clone(), Some(r.target.clone()), callee)
+        } else {
+            let Some(callee) = shared.agents.get(&r.target) else {
+                return Err(MeshError::NotFound(format!(
+                    "no agent `{}` in this mesh",
+                    r.target
+                )));
+            };
+            may(&r.target)?;
+            (r.target.clone(), None, callee.clone())
+        };
+        if pattern == store::Pattern::Pull && !to.starts_with(CAPABILITY) {
             return Err(invalid(
                 "pattern",
-                format!(
-                    "pattern `{}` is not available in this host; use `blackboard`",
-                    pattern_name(r.pattern)
-                ),
+                "pull dispatch needs a `capability:<name>` target",
             ));
         }
-        if !matches!(r.fallback, wit::Fallback::None) {
-            return Err(invalid(
-                "fallback",
-                "fallbacks are not available in this host; use `none`",
-            ));
-        }
-        let Some(target) = self.ctx.shared.agents.get(&r.target) else {
-            return Err(MeshError::NotFound(format!(
-                "no agent `{}` in this mesh",
-                r.target
-            )));
-        };
-        if !me.handoff.contains(&r.target) {
-            return Err(MeshError::Denied(format!(
-                "agent `{}` may not hand off to `{}`: it is not in its `handoff` list",
-                me.id, r.target
-            )));
-        }
+
         if r.summary.len() > MAX_SUMMARY {
             return Err(MeshError::TooLarge(format!(
                 "summary is {} bytes; at most {MAX_SUMMARY}",
@@ -192,18 +334,138 @@ impl MeshView<'_> {
                 me.id
             )));
         }
-        let deadline = match r.deadline_ms {
+        let accepts = callee.limits.payload_kib * 1024;
+        if let Some(data) = &r.data
+            && data.len() as u64 > accepts
+        {
+            return Err(MeshError::TooLarge(format!(
+                "data is {} bytes; agent `{}` accepts at most {accepts}",
+                data.len(),
+                callee.id
+            )));
+        }
+        let data = if pattern == store::Pattern::Push {
+            Some(push_payload(r.data, &callee)?)
+        } else {
+            r.data
+        };
+        let deadline_ms = match r.deadline_ms {
             Some(0) => return Err(invalid("deadline-ms", "must be greater than 0")),
             Some(ms) => ms,
-            None => target.limits.deadline_ms,
+            None => callee.limits.deadline_ms,
         };
-        Ok((target.clone(), deadline))
+        let fallback = match r.fallback {
+            wit::Fallback::None => Fallback::None,
+            wit::Fallback::Retry(rt) => {
+                if rt.attempts == 0 || rt.attempts > MAX_RETRIES {
+                    return Err(invalid(
+                        "fallback",
+                        format!("retry attempts must be 1 to {MAX_RETRIES}"),
+                    ));
+                }
+                Fallback::Retry {
+                    attempts: rt.attempts,
+                    backoff_ms: rt.backoff_ms,
+                }
+            }
+            wit::Fallback::Reroute(alt) => {
+                if !shared.agents.contains_key(&alt) {
+                    return Err(invalid(
+                        "fallback",
+                        format!("no agent `{alt}` to reroute to"),
+                    ));
+                }
+                may(&alt)?;
+                Fallback::Reroute { to: alt }
+            }
+            wit::Fallback::Escalate => Fallback::Escalate,
+            wit::Fallback::Record => Fallback::Record,
+        };
+        self.check_cycle(&to, &r.summary, data.as_deref())?;
+        let inbox_depth = if to.starts_with(CAPABILITY) {
+            shared.queue_depth
+        } else {
+            callee.limits.inbox_depth
+        };
+        Ok(Admitted {
+            to,
+            route,
+            pattern,
+            data,
+            deadline_ms,
+            fallback,
+            inbox_depth,
+        })
+    }
+
+    /// Refuse handing `to` the exact work it was already handed in this chain: the same
+    /// target, summary and data coming round again is a cycle with no progress.
+    fn check_cycle(&self, to: &str, summary: &str, data: Option<&[u8]>) -> Result<(), MeshError> {
+        let fp = store::fingerprint(to, summary, data, None);
+        let store = &self.ctx.shared.store;
+        let mut at = Some(self.ctx.task.clone());
+        while let Some(t) = at {
+            if t.to == to && t.fingerprint == fp {
+                return Err(MeshError::Denied(format!(
+                    "cycle: `{to}` was already handed this exact work in this chain (task {}); change the work or stop",
+                    t.id
+                )));
+            }
+            at = match &t.parent {
+                Some(p) => store.task(p).map_err(|e| MeshError::Busy(e.to_string()))?,
+                None => None,
+            };
+        }
+        Ok(())
     }
 }
 
-impl AgentPolicy {
-    fn handoffs_exhausted(&self, made: u32) -> bool {
-        made >= self.limits.handoffs_per_activation
+/// The payload of a `push` handoff as the callee will get it: JSON, with the callee's
+/// `strip` fields removed, valid against its input schema.
+fn push_payload(data: Option<Vec<u8>>, callee: &AgentPolicy) -> Result<Vec<u8>, MeshError> {
+    let Some(data) = data else {
+        return Err(invalid(
+            "data",
+            "a push handoff carries its payload in `data`",
+        ));
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&data).map_err(|e| invalid("data", format!("not JSON: {e}")))?;
+    if let Some(object) = value.as_object_mut() {
+        for field in &callee.strip {
+            object.remove(field);
+        }
+    }
+    if let Some(schema) = &callee.schema
+        && let Err(e) = schema.validate(&value)
+    {
+        let field = match e.kind() {
+            jsonschema::error::ValidationErrorKind::Required { property } => join_path(
+                e.instance_path().as_str(),
+                property.as_str().unwrap_or_default(),
+            ),
+            _ => join_path(e.instance_path().as_str(), ""),
+        };
+        return Err(invalid(
+            &field,
+            format!("does not match the input schema of `{}`: {e}", callee.id),
+        ));
+    }
+    Ok(serde_json::to_vec(&value).expect("JSON re-serializes"))
+}
+
+/// The payload field an error is about, dotted (`author.name`), from the JSON pointer of
+/// the offending value and, for a missing property, its name; `data` for the whole.
+fn join_path(pointer: &str, property: &str) -> String {
+    let parts: Vec<&str> = pointer
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .chain((!property.is_empty()).then_some(property))
+        .collect();
+    if parts.is_empty() {
+        "data".into()
+    } else {
+        parts.join(".")
     }
 }
 
@@ -212,30 +474,47 @@ impl Host for MeshView<'_> {
         &mut self,
         request: wit::HandoffRequest,
     ) -> wasmtime::Result<Result<wit::Receipt, MeshError>> {
-        let (target, deadline_ms) = match self.admit(&request) {
-            Ok(ok) => ok,
+        let summary = request.summary.clone();
+        let completed = request.completed.clone();
+        let outstanding = request.outstanding.clone();
+        let params = request.params.iter().cloned().map(param_from_wit).collect();
+        let reply = request.reply;
+        let a = match self.admit(request) {
+            Ok(a) => a,
             Err(e) => return Ok(Err(self.ctx.refuse(e))),
         };
-        let committed = self.ctx.shared.store.hand_off(NewHandoff {
-            from: self.ctx.agent.id.clone(),
-            parent: Some(self.ctx.task.clone()),
-            to: target.id.clone(),
-            kind: Kind::Work,
-            summary: request.summary,
-            completed: request.completed,
-            outstanding: request.outstanding,
-            params: request.params.into_iter().map(param_from_wit).collect(),
-            pattern: store::Pattern::Blackboard,
-            data: request.data,
-            deadline_ms,
-            reply: request.reply,
-            in_reply_to: None,
-            pointer: None,
-            inbox_depth: target.limits.inbox_depth,
-        });
+        let stream = a.pattern == store::Pattern::Stream;
+        let committed = self
+            .ctx
+            .shared
+            .store
+            .hand_off(NewHandoff {
+                from: self.ctx.agent.id.clone(),
+                parent: Some(self.ctx.task.clone()),
+                to: a.to,
+                route: a.route,
+                kind: Kind::Work,
+                summary,
+                completed,
+                outstanding,
+                params,
+                pattern: a.pattern,
+                data: a.data,
+                deadline_ms: a.deadline_ms,
+                fallback: a.fallback,
+                reply,
+                in_reply_to: None,
+                pointer: None,
+                inbox_depth: a.inbox_depth,
+            })
+            .map_err(trap)?;
         match committed {
             Ok(c) => {
                 self.ctx.handoffs += 1;
+                if stream {
+                    self.ctx.streams.push(c.handoff.id.clone());
+                }
+                self.ctx.shared.wake();
                 Ok(Ok(wit::Receipt {
                     handoff_id: c.handoff.id,
                     task_id: c.task,
@@ -243,21 +522,116 @@ impl Host for MeshView<'_> {
                     key: c.handoff.key,
                 }))
             }
-            Err(e @ StoreError::InboxFull { .. }) => {
-                Ok(Err(self.ctx.refuse(MeshError::Busy(e.to_string()))))
-            }
-            Err(e) => Err(trap(e)),
+            Err(r) => Ok(Err(self.ctx.refuse(refusal(r, "target")))),
         }
     }
 
-    async fn check_inbox(&mut self, max: u32) -> wasmtime::Result<Vec<wit::Task>> {
-        let tasks = self
+    async fn check_inbox(&mut self, max: u32, wait_ms: u32) -> wasmtime::Result<Vec<wit::Task>> {
+        let bound = self.ctx.wait_bound(wait_ms);
+        let started = tokio::time::Instant::now();
+        let shared = self.ctx.shared.clone();
+        loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let tasks = shared
+                .store
+                .claim_inbox(&self.ctx.agent.id, max.min(MAX_CLAIM))
+                .map_err(trap)?;
+            let left = bound.saturating_sub(started.elapsed());
+            if !tasks.is_empty() || left.is_zero() {
+                return Ok(tasks.iter().map(task_to_wit).collect());
+            }
+            let _ = tokio::time::timeout(left, changed).await;
+        }
+    }
+
+    async fn write_stream(
+        &mut self,
+        handoff_id: String,
+        chunk: Vec<u8>,
+    ) -> wasmtime::Result<Result<u64, MeshError>> {
+        let max = self.ctx.agent.limits.payload_kib * 1024;
+        if chunk.len() as u64 > max {
+            let e = MeshError::TooLarge(format!(
+                "chunk is {} bytes; agent `{}` may send at most {max}",
+                chunk.len(),
+                self.ctx.agent.id
+            ));
+            return Ok(Err(self.ctx.refuse(e)));
+        }
+        let written = self
             .ctx
             .shared
             .store
-            .claim_inbox(&self.ctx.agent.id, max.min(MAX_CLAIM))
+            .stream_write(&self.ctx.agent.id, &handoff_id, &chunk)
             .map_err(trap)?;
-        Ok(tasks.iter().map(task_to_wit).collect())
+        match written {
+            Ok((version, _)) => {
+                self.ctx.shared.wake();
+                Ok(Ok(version))
+            }
+            Err(r) => Ok(Err(self.ctx.refuse(refusal(r, "handoff-id")))),
+        }
+    }
+
+    async fn close_stream(
+        &mut self,
+        handoff_id: String,
+    ) -> wasmtime::Result<Result<(), MeshError>> {
+        let closed = self
+            .ctx
+            .shared
+            .store
+            .stream_close(&self.ctx.agent.id, &handoff_id)
+            .map_err(trap)?;
+        match closed {
+            Ok(_) => {
+                self.ctx.streams.retain(|h| h != &handoff_id);
+                self.ctx.shared.wake();
+                Ok(Ok(()))
+            }
+            Err(r) => Ok(Err(self.ctx.refuse(refusal(r, "handoff-id")))),
+        }
+    }
+
+    async fn read_stream(
+        &mut self,
+        key: String,
+        after: u64,
+        wait_ms: u32,
+    ) -> wasmtime::Result<Result<wit::StreamItem, MeshError>> {
+        if let Err(m) = validate_key(&key) {
+            return Ok(Err(self.ctx.refuse(invalid("key", m))));
+        }
+        let bound = self.ctx.wait_bound(wait_ms);
+        let started = tokio::time::Instant::now();
+        let shared = self.ctx.shared.clone();
+        loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let read = shared
+                .store
+                .stream_read(&self.ctx.agent.id, &key, after)
+                .map_err(trap)?;
+            let left = bound.saturating_sub(started.elapsed());
+            match read {
+                Ok(StreamRead::Chunk(e)) => return Ok(Ok(wit::StreamItem::Chunk(entry_to_wit(e)))),
+                Ok(StreamRead::Closed) => return Ok(Ok(wit::StreamItem::Closed)),
+                Ok(StreamRead::Pending) if left.is_zero() => {
+                    let e = MeshError::Timeout(format!(
+                        "no chunk after version {after} of `{key}` within {} ms",
+                        bound.as_millis()
+                    ));
+                    return Ok(Err(self.ctx.refuse(e)));
+                }
+                Ok(StreamRead::Pending) => {
+                    let _ = tokio::time::timeout(left, changed).await;
+                }
+                Err(r) => return Ok(Err(self.ctx.refuse(refusal(r, "key")))),
+            }
+        }
     }
 
     async fn read_blackboard(
@@ -279,14 +653,7 @@ impl Host for MeshView<'_> {
             return Ok(Err(self.ctx.refuse(e)));
         }
         match store.read(&key, version).map_err(trap)? {
-            Some(e) => Ok(Ok(wit::Entry {
-                key: e.key,
-                version: e.version,
-                writer: e.writer,
-                sha256: e.sha256,
-                written_at: e.written_at,
-                value: e.value,
-            })),
+            Some(e) => Ok(Ok(entry_to_wit(e))),
             None => {
                 let what = match version {
                     Some(v) => format!("no version {v} of key `{key}`"),
@@ -298,8 +665,15 @@ impl Host for MeshView<'_> {
     }
 }
 
-fn pattern_name(p: wit::Pattern) -> &'static str {
-    pattern_from_wit(p).name()
+fn entry_to_wit(e: store::EntryRecord) -> wit::Entry {
+    wit::Entry {
+        key: e.key,
+        version: e.version,
+        writer: e.writer,
+        sha256: e.sha256,
+        written_at: e.written_at,
+        value: e.value,
+    }
 }
 
 fn pattern_from_wit(p: wit::Pattern) -> store::Pattern {

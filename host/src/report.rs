@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::manifest::OPERATOR;
-use crate::store::{Chain, EntryRecord, Kind, Status, Store, StoreError, TaskRecord};
+use crate::store::{
+    Chain, EntryRecord, FallbackApplied, Kind, Status, Store, StoreError, TaskRecord,
+};
 
 /// One handoff between agents.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub struct HandoffView {
     pub task: String,
     /// `work`, or `reply` for an outcome sent back to the caller.
     pub kind: Kind,
+    /// The agent that ran the task: for pull dispatch, the worker that claimed it.
+    pub claimed_by: Option<String>,
+    /// The `route:<name>` whose rule chose `to`, if any.
+    pub route: Option<String>,
 }
 
 /// One task of the chain.
@@ -35,8 +41,10 @@ pub struct HandoffView {
 pub struct TaskView {
     /// `t-<n>`.
     pub id: String,
-    /// The agent that ran (or is to run) it.
+    /// The agent that ran it, or its target while none has.
     pub agent: String,
+    /// Its target: an agent or `capability:<name>`.
+    pub to: String,
     /// Who handed it over.
     pub from: String,
     /// Work or reply.
@@ -49,6 +57,10 @@ pub struct TaskView {
     pub outcome_key: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Deliveries.
+    pub attempts: u32,
+    /// What the host did when it failed.
+    pub fallback: Option<FallbackApplied>,
 }
 
 /// The operator's submission that started the chain.
@@ -77,8 +89,19 @@ pub struct Report {
     pub outcome_key: Option<String>,
     /// That outcome, as JSON when it parses, else as text.
     pub outcome: Value,
-    /// The first failure, if any.
+    /// The first failure that no fallback handled, if any.
     pub error: Option<String>,
+    /// Extra facts a demo adds (stream timings, the refused push, ...).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// A failed task that no fallback carried on: the chain failed.
+fn unhandled(t: &TaskRecord) -> bool {
+    t.status == Status::Failed
+        && t.fallback_applied
+            .as_ref()
+            .is_none_or(|a| a.action == "retry" || a.action == "redeliver")
 }
 
 impl Report {
@@ -97,7 +120,7 @@ impl Report {
 
     fn from_chain(root: &str, chain: &Chain, outcome: Option<&EntryRecord>) -> Report {
         let first = chain.tasks.first();
-        let failed = chain.tasks.iter().find(|t| t.status == Status::Failed);
+        let failed = chain.tasks.iter().find(|t| unhandled(t));
         let status = if failed.is_some() {
             "failed"
         } else if chain.tasks.iter().all(|t| t.status.is_final()) {
@@ -128,6 +151,12 @@ impl Report {
                         .iter()
                         .find(|t| t.id == h.task)
                         .map_or(Kind::Work, |t| t.kind),
+                    claimed_by: chain
+                        .tasks
+                        .iter()
+                        .find(|t| t.id == h.task)
+                        .and_then(|t| t.agent.clone()),
+                    route: h.route.clone(),
                 })
                 .collect(),
             tasks: chain
@@ -135,13 +164,16 @@ impl Report {
                 .iter()
                 .map(|t| TaskView {
                     id: t.id.clone(),
-                    agent: t.to.clone(),
+                    agent: t.agent.clone().unwrap_or_else(|| t.to.clone()),
+                    to: t.to.clone(),
                     from: t.from.clone(),
                     kind: t.kind,
                     status: t.status,
                     summary: t.summary.clone(),
                     outcome_key: t.outcome_key.clone(),
                     error: t.error.clone(),
+                    attempts: t.attempts,
+                    fallback: t.fallback_applied.clone(),
                 })
                 .collect(),
             outcome_key: outcome.map(|e| e.key.clone()),
@@ -154,7 +186,13 @@ impl Report {
                     t.error.clone().unwrap_or_default()
                 )
             }),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// The task called `id` in this chain.
+    pub fn task(&self, id: &str) -> Option<&TaskView> {
+        self.tasks.iter().find(|t| t.id == id)
     }
 
     /// The report for people.
@@ -185,21 +223,15 @@ impl Report {
             );
         }
         for t in &self.tasks {
-            let detail = match (&t.outcome_key, &t.error) {
+            let mut detail = match (&t.outcome_key, &t.error) {
                 (_, Some(e)) => format!("error: {e}"),
                 (Some(k), None) => format!("outcome {k}"),
                 (None, None) => String::new(),
             };
-            let _ = writeln!(
-                s,
-                "  {} {} {}  {detail}",
-                t.id,
-                t.agent,
-                serde_json::to_value(t.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            );
+            if let Some(f) = &t.fallback {
+                let _ = write!(detail, "  -> {} ({:?})", f.action, f.reason);
+            }
+            let _ = writeln!(s, "  {} {} {}  {detail}", t.id, t.agent, t.status.name());
         }
         if let Some(key) = &self.outcome_key {
             let pretty = serde_json::to_string_pretty(&self.outcome).unwrap_or_default();

@@ -18,16 +18,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store as WasmStore, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{
+    Config, Engine, ResourceLimiter, Store as WasmStore, Trap, UpdateDeadline, WasmBacktrace,
+};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Agent, AgentPre};
-use crate::manifest::{ManifestError, Mesh, OPERATOR};
+use crate::manifest::{CAPABILITY, ManifestError, Mesh, OPERATOR};
 use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::policy::{self, Policy, Verdict};
-use crate::store::{Committed, Kind, NewHandoff, Param, Pattern, Store, StoreError, TaskRecord};
+use crate::store::{
+    Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern, Refusal, Store, StoreError,
+    TaskRecord, now_ms,
+};
 
 /// How often the epoch advances; CPU limits are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -35,6 +41,76 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 const LOG_CAPACITY: usize = 64 * 1024;
 /// Deadline of reply tasks, in milliseconds.
 const REPLY_DEADLINE_MS: u64 = 30_000;
+/// Activations run at once unless told otherwise.
+pub const DEFAULT_WORKERS: usize = 4;
+
+/// The CPU budget of an activation ran out.
+#[derive(Debug)]
+struct CpuLimit(u64);
+
+impl std::fmt::Display for CpuLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cpu time limit: ran past {} ms (limits.cpu_ms)", self.0)
+    }
+}
+
+impl std::error::Error for CpuLimit {}
+
+/// A linear memory tried to grow past the agent's limit.
+#[derive(Debug)]
+struct MemoryLimit {
+    desired: usize,
+    mib: u64,
+}
+
+impl std::fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit: tried to grow linear memory to {} bytes, past {} MiB (limits.memory_mib)",
+            self.desired, self.mib
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimit {}
+
+/// Most table elements an activation may have; tables hold function references only.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Caps an activation's memory at `limits.memory_mib`. Growing past it ends the
+/// activation with a [`MemoryLimit`] that names the limit, rather than handing the guest
+/// a failed allocation it may not survive readably.
+struct Limiter {
+    max_memory: usize,
+    mib: u64,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            return Err(wasmtime::Error::new(MemoryLimit {
+                desired,
+                mib: self.mib,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
 
 /// Why a mesh could not be loaded. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +197,9 @@ pub enum SubmitError {
         /// The limit.
         max: u64,
     },
+    /// The agent's inbox is full.
+    #[error("{0}")]
+    Full(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -131,7 +210,9 @@ pub struct Activation {
     mesh: MeshCtx,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
+    /// Epoch ticks spent running wasm: the CPU meter.
+    ticks: u64,
 }
 
 impl WasiView for Activation {
@@ -182,13 +263,21 @@ impl Drop for Ticker {
     }
 }
 
-/// A loaded mesh, ready to run tasks against its store.
+/// A loaded mesh, ready to run tasks against its store. Cheap to clone: clones share
+/// the engine, the agents and the store.
+#[derive(Clone)]
 pub struct Host {
+    inner: Arc<Inner>,
+    workers: usize,
+}
+
+struct Inner {
     engine: Engine,
     file: String,
     shared: Arc<Shared>,
     agents: HashMap<String, Loaded>,
     log_dir: PathBuf,
+    recovered: usize,
     _ticker: Ticker,
 }
 
@@ -283,22 +372,36 @@ impl Host {
         }
 
         let store = Arc::new(Store::open(state)?);
+        // Tasks a previous host claimed but never finished are redelivered.
+        let recovered = store.recover()?;
         Ok(Host {
-            _ticker: Ticker::start(engine.clone()),
-            engine,
-            file: mesh.file.clone(),
-            shared: Arc::new(Shared {
-                store,
-                agents: policies,
+            inner: Arc::new(Inner {
+                _ticker: Ticker::start(engine.clone()),
+                engine,
+                file: mesh.file.clone(),
+                shared: Arc::new(Shared::new(mesh, store, policies)),
+                agents,
+                log_dir: state.join("logs"),
+                recovered,
             }),
-            agents,
-            log_dir: state.join("logs"),
+            workers: DEFAULT_WORKERS,
         })
+    }
+
+    /// Run at most `n` activations at once (at least 1).
+    pub fn with_workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
     }
 
     /// The store this host writes to.
     pub fn store(&self) -> &Arc<Store> {
-        &self.shared.store
+        &self.inner.shared.store
+    }
+
+    /// How many unfinished tasks of a previous host this one redelivered at load.
+    pub fn recovered(&self) -> usize {
+        self.inner.recovered
     }
 
     /// Submit work from outside the mesh: the operator hands `data` to `to` through the
@@ -310,11 +413,12 @@ impl Host {
         data: Option<Vec<u8>>,
         params: Vec<Param>,
     ) -> Result<Committed, SubmitError> {
-        let Some(agent) = self.agents.get(to) else {
-            let mut known: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+        let inner = &self.inner;
+        let Some(agent) = inner.agents.get(to) else {
+            let mut known: Vec<&str> = inner.agents.keys().map(String::as_str).collect();
             known.sort_unstable();
             return Err(SubmitError::UnknownAgent {
-                file: self.file.clone(),
+                file: inner.file.clone(),
                 agent: to.to_string(),
                 known: known.join(", "),
             });
@@ -330,10 +434,11 @@ impl Host {
                 max,
             });
         }
-        Ok(self.shared.store.hand_off(NewHandoff {
+        let committed = inner.shared.store.hand_off(NewHandoff {
             from: OPERATOR.to_string(),
             parent: None,
             to: to.to_string(),
+            route: None,
             kind: Kind::Work,
             summary: summary.to_string(),
             completed: Vec::new(),
@@ -342,33 +447,115 @@ impl Host {
             pattern: Pattern::Blackboard,
             data,
             deadline_ms: limits.deadline_ms,
+            fallback: Fallback::None,
             reply: false,
             in_reply_to: None,
             pointer: None,
             inbox_depth: limits.inbox_depth,
-        })?)
+        })?;
+        inner.shared.wake();
+        committed.map_err(|r: Refusal| SubmitError::Full(r.to_string()))
     }
 
-    /// Wake agents with their pending tasks, oldest first, until no task is pending.
-    /// Returns how many activations ran.
+    /// Wake agents with their pending tasks, oldest first, running up to the worker
+    /// count at once and each agent at most `limits.concurrency` at once, until no task
+    /// is pending or running. Returns how many activations ran.
     pub async fn run_until_idle(&self) -> Result<usize, StoreError> {
+        let shared = &self.inner.shared;
+        let mut running: HashMap<String, u32> = HashMap::new();
+        let mut set: JoinSet<(String, Result<TaskRecord, StoreError>)> = JoinSet::new();
         let mut ran = 0;
-        while let Some(task) = self.shared.store.claim_next()? {
-            self.activate(task).await?;
-            ran += 1;
+        loop {
+            while set.len() < self.workers {
+                let Some(task) = shared
+                    .store
+                    .claim_next(|t, avoid| self.pick(t, avoid, &running))?
+                else {
+                    break;
+                };
+                let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+                *running.entry(agent.clone()).or_default() += 1;
+                let host = self.clone();
+                set.spawn(async move {
+                    let result = host.activate(task).await;
+                    (agent, result)
+                });
+            }
+            if set.is_empty() {
+                if shared.store.has_delayed()? {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                return Ok(ran);
+            }
+            tokio::select! {
+                joined = set.join_next() => {
+                    let (agent, result) = match joined.expect("the set is not empty") {
+                        Ok(done) => done,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    };
+                    if let Some(n) = running.get_mut(&agent) {
+                        *n -= 1;
+                    }
+                    result?;
+                    ran += 1;
+                }
+                _ = shared.ready.notified() => {}
+                // Retries wait out their backoff; look again now and then.
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
         }
-        Ok(ran)
     }
 
-    /// Run one activation of `task.to` with `task`, and record how it ended.
+    /// The agent to run a task for `target` now, if one is free: the agent itself, or an
+    /// idle worker serving the capability, preferring workers the task has not failed on
+    /// (a worker that trapped on it gets it again only when every worker has).
+    fn pick(&self, target: &str, avoid: &[&str], running: &HashMap<String, u32>) -> Option<String> {
+        let free = |agent: &str| {
+            let limit = self
+                .inner
+                .agents
+                .get(agent)
+                .map_or(1, |a| a.policy.limits.concurrency);
+            running.get(agent).copied().unwrap_or(0) < limit
+        };
+        match target.strip_prefix(CAPABILITY) {
+            Some(cap) => {
+                let workers = self.inner.shared.workers(cap);
+                let fresh = workers.iter().any(|w| !avoid.contains(w));
+                workers
+                    .into_iter()
+                    .filter(|w| !fresh || !avoid.contains(w))
+                    .find(|w| free(w))
+                    .map(str::to_string)
+            }
+            // An agent no longer in the mesh is claimed too, so `activate` can fail it.
+            None => free(target).then(|| target.to_string()),
+        }
+    }
+
+    /// Run one activation of the agent that claimed `task`, and record how it ended:
+    /// its outcome, or its failure and the fallback that follows.
     pub async fn activate(&self, task: TaskRecord) -> Result<TaskRecord, StoreError> {
-        let store = &self.shared.store;
-        let Some(loaded) = self.agents.get(&task.to) else {
-            return store.fail(
-                &task.id,
-                &format!("agent `{}` is not in the loaded mesh", task.to),
+        let inner = &self.inner;
+        let shared = &inner.shared;
+        let store = &shared.store;
+        let agent_id = task.agent.clone().unwrap_or_else(|| task.to.clone());
+        let fail = |kind: FailureKind, reason: &str| {
+            let r = store.fail(&task.id, kind, reason, REPLY_DEADLINE_MS);
+            shared.wake();
+            r
+        };
+        let Some(loaded) = inner.agents.get(&agent_id) else {
+            return fail(
+                FailureKind::Error,
+                &format!("agent `{agent_id}` is not in the loaded mesh"),
             );
         };
+        let left = task.deadline.saturating_sub(now_ms());
+        if left == 0 {
+            return fail(FailureKind::Timeout, "deadline passed before it ran");
+        }
         let limits = &loaded.policy.limits;
         let stdout = MemoryOutputPipe::new(LOG_CAPACITY);
         let stderr = MemoryOutputPipe::new(LOG_CAPACITY);
@@ -379,66 +566,105 @@ impl Host {
             .build();
         let memory = usize::try_from(limits.memory_mib * 1024 * 1024).unwrap_or(usize::MAX);
         let mut wstore = WasmStore::new(
-            &self.engine,
+            &inner.engine,
             Activation {
                 mesh: MeshCtx {
                     agent: loaded.policy.clone(),
-                    shared: self.shared.clone(),
+                    shared: shared.clone(),
                     task: task.clone(),
                     handoffs: 0,
+                    streams: Vec::new(),
                     log: Vec::new(),
                 },
                 wasi,
                 table: ResourceTable::new(),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(memory)
-                    .trap_on_grow_failure(true)
-                    .build(),
+                limits: Limiter {
+                    max_memory: memory,
+                    mib: limits.memory_mib,
+                },
+                ticks: 0,
             },
         );
         wstore.limiter(|a| &mut a.limits);
-        wstore.set_epoch_deadline(limits.cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64));
-        wstore.epoch_deadline_trap();
+        // Every tick spent in wasm is charged to the CPU budget; between ticks the guest
+        // yields, so other activations and the wall-clock deadline get their turn.
+        let cpu_ms = limits.cpu_ms;
+        let budget = cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
+        wstore.set_epoch_deadline(1);
+        wstore.epoch_deadline_callback(move |mut ctx| {
+            let a = ctx.data_mut();
+            a.ticks += 1;
+            if a.ticks >= budget {
+                Err(wasmtime::Error::new(CpuLimit(cpu_ms)))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
 
-        let result = async {
+        let run = async {
             let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
             agent.call_handle(&mut wstore, &task_to_wit(&task)).await
-        }
-        .await;
+        };
+        let result = tokio::time::timeout(Duration::from_millis(left), run).await;
 
-        let refusals = std::mem::take(&mut wstore.data_mut().mesh.log);
-        self.append_log(&task, &stdout.contents(), &stderr.contents(), &refusals);
+        let ctx = &mut wstore.data_mut().mesh;
+        let refusals = std::mem::take(&mut ctx.log);
+        let streams = std::mem::take(&mut ctx.streams);
+        // A reader must not wait on a writer that is gone.
+        store.close_streams_of(&agent_id, &streams)?;
+        self.append_log(
+            &task,
+            &agent_id,
+            &stdout.contents(),
+            &stderr.contents(),
+            &refusals,
+        );
 
         match result {
-            Ok(Ok(outcome)) => {
+            Err(_elapsed) => fail(
+                FailureKind::Timeout,
+                &format!("deadline: no outcome within {left} ms"),
+            ),
+            Ok(Ok(Ok(outcome))) => {
                 let max = limits.payload_kib * 1024;
                 if outcome.data.len() as u64 > max {
-                    return store.fail(
-                        &task.id,
+                    return fail(
+                        FailureKind::Error,
                         &format!(
-                            "outcome is {} bytes; agent `{}` may store at most {max} (limits.payload_kib)",
+                            "outcome is {} bytes; agent `{agent_id}` may store at most {max} (limits.payload_kib)",
                             outcome.data.len(),
-                            task.to
                         ),
                     );
                 }
-                store.complete(&task.id, &outcome.summary, &outcome.data, REPLY_DEADLINE_MS)
+                let done =
+                    store.complete(&task.id, &outcome.summary, &outcome.data, REPLY_DEADLINE_MS);
+                shared.wake();
+                done
             }
-            Ok(Err(message)) => {
-                store.fail(&task.id, &format!("agent returned an error: {message}"))
-            }
-            Err(e) => store.fail(&task.id, &trap_reason(&e, limits.cpu_ms)),
+            Ok(Ok(Err(message))) => fail(
+                FailureKind::Error,
+                &format!("agent returned an error: {message}"),
+            ),
+            Ok(Err(e)) => fail(FailureKind::Trap, &trap_reason(&e)),
         }
     }
 
     /// Append what an activation printed, and what the host refused it, to its log.
-    fn append_log(&self, task: &TaskRecord, stdout: &[u8], stderr: &[u8], refusals: &[String]) {
+    fn append_log(
+        &self,
+        task: &TaskRecord,
+        agent: &str,
+        stdout: &[u8],
+        stderr: &[u8],
+        refusals: &[String],
+    ) {
         if stdout.is_empty() && stderr.is_empty() && refusals.is_empty() {
             return;
         }
-        let path = self.log_dir.join(format!("{}.log", task.to));
+        let dir = &self.inner.log_dir;
+        let path = dir.join(format!("{agent}.log"));
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.log_dir)?;
+            std::fs::create_dir_all(dir)?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -460,15 +686,32 @@ impl Host {
     }
 }
 
-/// A readable reason for an activation that trapped.
-fn trap_reason(e: &wasmtime::Error, cpu_ms: u64) -> String {
+/// A readable reason for an activation that trapped: one line, naming the limit when a
+/// limit ended it, and never the wasm backtrace wasmtime attaches as context.
+fn trap_reason(e: &wasmtime::Error) -> String {
+    if let Some(cpu) = e.downcast_ref::<CpuLimit>() {
+        return cpu.to_string();
+    }
+    if let Some(memory) = e.downcast_ref::<MemoryLimit>() {
+        return memory.to_string();
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return format!("agent exited with code {}", exit.0);
+    }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("cpu time limit: ran past {cpu_ms} ms (limits.cpu_ms)"),
         Some(Trap::StackOverflow) => "trap: stack overflow".into(),
-        Some(trap) => format!("trap: {trap}"),
-        None => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            Some(exit) => format!("agent exited with code {}", exit.0),
-            None => format!("trap: {e:#}"),
-        },
+        Some(trap) => format!(
+            "trap: {}",
+            trap.to_string().trim_start_matches("wasm trap: ")
+        ),
+        None => {
+            let backtrace = e.downcast_ref::<WasmBacktrace>().map(ToString::to_string);
+            let chain: Vec<String> = e
+                .chain()
+                .map(ToString::to_string)
+                .filter(|layer| Some(layer) != backtrace.as_ref())
+                .collect();
+            format!("trap: {}", chain.join(": "))
+        }
     }
 }

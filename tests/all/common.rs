@@ -15,10 +15,7 @@ pub fn agent(id: &str, wasm: &'static [u8]) -> AgentSpec {
 
 /// A mesh of `agents`, labelled `test.toml` in errors.
 pub fn mesh(agents: Vec<AgentSpec>) -> Mesh {
-    Mesh {
-        file: "test.toml".into(),
-        agents,
-    }
+    Mesh::new("test.toml", agents)
 }
 
 /// The demo pair: researcher may hand off to writer.
@@ -65,4 +62,27 @@ pub fn outcome(host: &Host, report: &Report, agent: &str) -> Value {
 /// The agent's log file in `state`, or empty.
 pub fn log(state: &Path, agent: &str) -> String {
     std::fs::read_to_string(state.join("logs").join(format!("{agent}.log"))).unwrap_or_default()
+}
+
+/// An agent running `wasm` that may hand off to `handoff`.
+pub fn agent_to(id: &str, wasm: &'static [u8], handoff: &[&str]) -> AgentSpec {
+    let mut a = agent(id, wasm);
+    a.handoff = handoff.iter().map(|h| h.to_string()).collect();
+    a
+}
+
+/// An integer parameter.
+pub fn int(name: &str, value: i64) -> Param {
+    Param {
+        name: name.into(),
+        value: ParamValue::Integer(value),
+    }
+}
+
+/// A flag parameter.
+pub fn flag(name: &str, value: bool) -> Param {
+    Param {
+        name: name.into(),
+        value: ParamValue::Flag(value),
+    }
 }

@@ -3,9 +3,17 @@
 
 mod common;
 
+mod cycles;
+mod fallback;
+mod fan_out;
 mod handoff_targets;
 mod isolation_imports;
 mod isolation_keys;
+mod lease_redelivery;
 mod manifest_errors;
+mod pattern_pull;
+mod pattern_push;
+mod pattern_stream;
 mod pipeline;
 mod restart;
+mod routing;

@@ -9,10 +9,11 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+use crate::demo::Demo;
 use crate::manifest::Mesh;
 use crate::policy::{self, Policy};
 use crate::report::{EntryView, Report};
-use crate::runtime::Host;
+use crate::runtime::{DEFAULT_WORKERS, Host};
 use crate::store::{Param, ParamValue, STORE_FILE, Store};
 
 /// Run AI agents as sandboxed WebAssembly components with secure, audited handoffs.
@@ -25,8 +26,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the embedded example: researcher hands its findings to writer.
+    /// Run an embedded example mesh: blackboard (the default), push, pull, stream, route
+    /// or fallback.
     Demo {
+        /// Which demo.
+        #[arg(default_value = "blackboard")]
+        pattern: Demo,
+        /// Activations run at once.
+        #[arg(long, default_value_t = DEFAULT_WORKERS)]
+        workers: usize,
         /// State directory (created if missing).
         #[arg(long, default_value = ".baton")]
         state: PathBuf,
@@ -51,6 +59,9 @@ enum Command {
         /// A typed parameter, `name=value` (true/false, integers and numbers are typed).
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Activations run at once.
+        #[arg(long, default_value_t = DEFAULT_WORKERS)]
+        workers: usize,
         /// State directory (created if missing).
         #[arg(long, default_value = ".baton")]
         state: PathBuf,
@@ -74,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: BbCommand,
     },
+    /// The operator inbox: tasks an `escalate` fallback handed to a human.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// Show the handoff chain of a task.
     Trace {
         /// Any task of the chain.
@@ -84,6 +100,33 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// List escalated tasks (unresolved ones, or all with --all).
+    List {
+        /// Include resolved escalations.
+        #[arg(long)]
+        all: bool,
+        /// State directory.
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an escalated task resolved.
+    Resolve {
+        /// The escalated task.
+        task: String,
+        /// What the operator did about it.
+        #[arg(long)]
+        note: Option<String>,
+        /// State directory.
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
     },
 }
 
@@ -117,6 +160,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli.command) {
         Ok(code) => code,
@@ -129,8 +173,13 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Demo { state, json } => {
-            let report = block_on(crate::demo::run(&state))??;
+        Command::Demo {
+            pattern,
+            workers,
+            state,
+            json,
+        } => {
+            let report = block_on(crate::demo::run(pattern, &state, workers))??;
             Ok(print_report(&report, json))
         }
         Command::Run {
@@ -139,6 +188,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             summary,
             data,
             params,
+            workers,
             state,
             json,
         } => {
@@ -155,7 +205,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<_>>()?;
             let mesh = Mesh::load(&mesh)?;
             let report = block_on(async {
-                let host = Host::load(&mesh, &state)?;
+                let host = Host::load(&mesh, &state)?.with_workers(workers);
                 let submitted = host.submit(&to, &summary, data, params)?;
                 host.run_until_idle().await?;
                 Report::for_task(host.store(), &submitted.task)?
@@ -184,6 +234,39 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let views: Vec<EntryView> = entries.iter().map(EntryView::from).collect();
             println!("{}", serde_json::to_string_pretty(&views)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator {
+            command: OperatorCommand::List { all, state, json },
+        } => {
+            let store = open_existing(&state)?;
+            let list = store.escalations(all)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("the operator inbox is empty");
+            } else {
+                for e in &list {
+                    let state = if e.resolved_at.is_some() {
+                        "resolved"
+                    } else {
+                        "open"
+                    };
+                    println!("{}  {}  {state}  {}", e.task, e.agent, e.reason);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator {
+            command: OperatorCommand::Resolve { task, note, state },
+        } => {
+            let store = open_existing(&state)?;
+            match store.resolve(&task, note.as_deref())? {
+                Ok(e) => {
+                    println!("resolved {} ({})", e.task, e.agent);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(refusal) => bail!("{refusal}"),
+            }
         }
         Command::Trace { task, state, json } => {
             let store = open_existing(&state)?;

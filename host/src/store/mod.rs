@@ -1,0 +1,337 @@
+//! The durable state of a mesh, in one redb file: the blackboard with every version of
+//! every key, the inboxes and capability queues, and the task and handoff records that
+//! make up the audit trail.
+//!
+//! Each operation is one write transaction, committed before it returns: a handoff the
+//! host acknowledged is on disk with its data, its task and the callee's inbox entry
+//! together or not at all, and a failure is recorded together with what its fallback did.
+//!
+//! - [`records`]: what is stored.
+//! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
+//! - `streams`: chunks of `stream` handoffs.
+//! - `operator`: the operator inbox of escalated tasks.
+
+mod operator;
+mod queue;
+pub mod records;
+mod streams;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::hex;
+
+pub use queue::{Committed, NewHandoff, Refusal, fingerprint};
+pub use records::*;
+pub use streams::StreamRead;
+
+/// The file inside the state directory.
+pub const STORE_FILE: &str = "store.redb";
+
+const BB_VALUES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_values");
+const BB_META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_meta");
+const BB_HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
+const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
+const HANDOFFS: TableDefinition<&str, &str> = TableDefinition::new("handoffs");
+/// (agent or `capability:<name>`, seq) → task id: what `check-inbox` claims from.
+const INBOX: TableDefinition<(&str, u64), &str> = TableDefinition::new("inbox");
+/// seq → `<target>\t<task>\t<not-before>`: the order in which the host wakes agents.
+const READY: TableDefinition<u64, &str> = TableDefinition::new("ready");
+/// task id → (): claimed by an activation that has not finished; redelivered on restart.
+const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
+/// (root task, seq) → `t:<task>` or `h:<handoff>`: everything in one chain, in order.
+const CHAIN: TableDefinition<(&str, u64), &str> = TableDefinition::new("chain");
+/// (agent, key): keys an agent may read because a task delivered to it points there.
+const GRANTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("grants");
+/// stream key → [`StreamMeta`].
+const STREAMS: TableDefinition<&str, &str> = TableDefinition::new("streams");
+/// task id → [`Escalation`].
+const OPERATOR_INBOX: TableDefinition<&str, &str> = TableDefinition::new("operator_inbox");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// A store operation failed; the operation changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (I/O, corruption, lock).
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    /// A record did not decode; the file was written by something else or damaged.
+    #[error("store: damaged record `{0}`: {1}")]
+    Corrupt(String, String),
+    /// A record the operation needs does not exist.
+    #[error("store: no {0} `{1}`")]
+    Missing(&'static str, String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[derive(Serialize, Deserialize)]
+struct EntryMeta {
+    writer: String,
+    sha256: String,
+    written_at: u64,
+}
+
+/// Everything in one chain, in the order it happened.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    /// Tasks, oldest first.
+    pub tasks: Vec<TaskRecord>,
+    /// Handoffs, oldest first.
+    pub handoffs: Vec<HandoffRecord>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The redb-backed store of one state directory.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Db(redb::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot create state directory `{}`: {e}", dir.display()),
+            )))
+        })?;
+        let path = dir.join(STORE_FILE);
+        let db = Database::create(&path)?;
+        // Create every table up front so readers never meet a missing one.
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(BB_VALUES)?;
+            txn.open_table(BB_META)?;
+            txn.open_table(BB_HEAD)?;
+            txn.open_table(TASKS)?;
+            txn.open_table(HANDOFFS)?;
+            txn.open_table(INBOX)?;
+            txn.open_table(READY)?;
+            txn.open_table(RUNNING)?;
+            txn.open_table(CHAIN)?;
+            txn.open_table(GRANTS)?;
+            txn.open_table(STREAMS)?;
+            txn.open_table(OPERATOR_INBOX)?;
+            txn.open_table(COUNTERS)?;
+        }
+        txn.commit()?;
+        Ok(Store { db, path })
+    }
+
+    /// The redb file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One version of `key` (the newest when `version` is `None`).
+    pub fn read(&self, key: &str, version: Option<u64>) -> Result<Option<EntryRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let version = match version {
+            Some(v) => v,
+            None => match txn.open_table(BB_HEAD)?.get(key)? {
+                Some(v) => v.value(),
+                None => return Ok(None),
+            },
+        };
+        let meta = txn.open_table(BB_META)?;
+        let Some(m) = meta.get((key, version))? else {
+            return Ok(None);
+        };
+        let meta: EntryMeta = decode(key, m.value())?;
+        let value = txn
+            .open_table(BB_VALUES)?
+            .get((key, version))?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        Ok(Some(EntryRecord {
+            key: key.to_string(),
+            version,
+            writer: meta.writer,
+            sha256: meta.sha256,
+            written_at: meta.written_at,
+            value,
+        }))
+    }
+
+    /// Every version of `key`, oldest first.
+    pub fn history(&self, key: &str) -> Result<Vec<EntryRecord>, StoreError> {
+        let head = match self.db.begin_read()?.open_table(BB_HEAD)?.get(key)? {
+            Some(v) => v.value(),
+            None => return Ok(Vec::new()),
+        };
+        (1..=head)
+            .filter_map(|v| self.read(key, Some(v)).transpose())
+            .collect()
+    }
+
+    /// Whether a task delivered to `agent` pointed at `key`.
+    pub fn is_granted(&self, agent: &str, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .begin_read()?
+            .open_table(GRANTS)?
+            .get((agent, key))?
+            .is_some())
+    }
+
+    /// The task called `id`.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.get(TASKS, id)
+    }
+
+    /// The handoff called `id`.
+    pub fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
+        self.get(HANDOFFS, id)
+    }
+
+    /// The stream at `key`, if a `stream` handoff opened one there.
+    pub fn stream(&self, key: &str) -> Result<Option<StreamMeta>, StoreError> {
+        self.get(STREAMS, key)
+    }
+
+    /// How many tasks wait in the inbox of `target` (an agent or `capability:<name>`).
+    pub fn inbox_depth(&self, target: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let inbox = txn.open_table(INBOX)?;
+        let n = inbox.range((target, 0)..=(target, u64::MAX))?.count();
+        Ok(n as u64)
+    }
+
+    /// Everything in the chain that starts at task `root`.
+    pub fn chain(&self, root: &str) -> Result<Chain, StoreError> {
+        let txn = self.db.begin_read()?;
+        let chain = txn.open_table(CHAIN)?;
+        let tasks = txn.open_table(TASKS)?;
+        let handoffs = txn.open_table(HANDOFFS)?;
+        let mut out = Chain::default();
+        for row in chain.range((root, 0)..=(root, u64::MAX))? {
+            let (_, v) = row?;
+            let v = v.value();
+            match v.split_once(':') {
+                Some(("t", id)) => {
+                    let t = tasks
+                        .get(id)?
+                        .ok_or_else(|| StoreError::Missing("task", id.into()))?;
+                    out.tasks.push(decode(id, t.value())?);
+                }
+                Some(("h", id)) => {
+                    let h = handoffs
+                        .get(id)?
+                        .ok_or_else(|| StoreError::Missing("handoff", id.into()))?;
+                    out.handoffs.push(decode(id, h.value())?);
+                }
+                _ => return Err(StoreError::Corrupt(root.into(), format!("chain row `{v}`"))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table)?;
+        let Some(v) = t.get(id)? else {
+            return Ok(None);
+        };
+        decode(id, v.value()).map(Some)
+    }
+}
+
+/// Append a version of `key` written by `writer`.
+fn put(
+    txn: &WriteTransaction,
+    key: &str,
+    writer: &str,
+    value: &[u8],
+    now: u64,
+) -> Result<u64, StoreError> {
+    let mut head = txn.open_table(BB_HEAD)?;
+    let version = head.get(key)?.map_or(0, |v| v.value()) + 1;
+    head.insert(key, version)?;
+    let meta = EntryMeta {
+        writer: writer.to_string(),
+        sha256: hex(&Sha256::digest(value)),
+        written_at: now,
+    };
+    let meta = serde_json::to_string(&meta).expect("entry metadata serializes");
+    txn.open_table(BB_META)?
+        .insert((key, version), meta.as_str())?;
+    txn.open_table(BB_VALUES)?.insert((key, version), value)?;
+    Ok(version)
+}
+
+fn next(txn: &WriteTransaction, counter: &str) -> Result<u64, StoreError> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let n = counters.get(counter)?.map_or(0, |v| v.value()) + 1;
+    counters.insert(counter, n)?;
+    Ok(n)
+}
+
+fn put_json<T: Serialize>(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &str>,
+    id: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(value).expect("records serialize");
+    txn.open_table(table)?.insert(id, json.as_str())?;
+    Ok(())
+}
+
+fn get_json<T: for<'de> Deserialize<'de>>(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &str>,
+    id: &str,
+) -> Result<T, StoreError> {
+    try_get_json(txn, table, id)?.ok_or_else(|| StoreError::Missing("record", id.into()))
+}
+
+fn try_get_json<T: for<'de> Deserialize<'de>>(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &str>,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
+    let t = txn.open_table(table)?;
+    let Some(v) = t.get(id)? else {
+        return Ok(None);
+    };
+    decode(id, v.value()).map(Some)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(id: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
+}

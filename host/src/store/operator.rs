@@ -1,0 +1,47 @@
+//! The operator inbox: tasks an `escalate` fallback handed to a human, until resolved.
+
+use redb::{ReadableDatabase as _, ReadableTable as _};
+
+use super::queue::{Outcome, Refusal};
+use super::{OPERATOR_INBOX, Store, StoreError, decode, get_json, now_ms, put_json};
+use crate::store::records::Escalation;
+
+impl Store {
+    /// Every escalation, oldest first; resolved ones too when `all`.
+    pub fn escalations(&self, all: bool) -> Result<Vec<Escalation>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OPERATOR_INBOX)?;
+        let mut out: Vec<Escalation> = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let e: Escalation = decode(k.value(), v.value())?;
+            if all || e.resolved_at.is_none() {
+                out.push(e);
+            }
+        }
+        out.sort_by_key(|e| e.at);
+        Ok(out)
+    }
+
+    /// Mark the escalation of `task` resolved, with the operator's note.
+    pub fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation> {
+        let txn = self.db.begin_write()?;
+        let exists = txn.open_table(OPERATOR_INBOX)?.get(task)?.is_some();
+        if !exists {
+            return Ok(Err(Refusal::NotFound(format!(
+                "no escalation for task `{task}` in the operator inbox"
+            ))));
+        }
+        let mut e: Escalation = get_json(&txn, OPERATOR_INBOX, task)?;
+        if e.resolved_at.is_some() {
+            return Ok(Err(Refusal::Invalid(format!(
+                "the escalation of task `{task}` is already resolved"
+            ))));
+        }
+        e.resolved_at = Some(now_ms());
+        e.note = note.map(str::to_string);
+        put_json(&txn, OPERATOR_INBOX, task, &e)?;
+        txn.commit()?;
+        Ok(Ok(e))
+    }
+}

@@ -1,0 +1,635 @@
+//! Handoffs, claims, completion and failure: the life of a task, one commit per step.
+//!
+//! A task is made ready (inbox + wake queue) when it is handed off, or, for a stream, at
+//! its first chunk. The host claims the oldest ready task whose agent is free; the claim
+//! grants the task's pointer to the agent that runs it. Completion stores the outcome and
+//! any reply; failure applies the caller's declared fallback in the same commit, so a
+//! crash never leaves a failure without its consequence.
+
+use redb::{ReadableTable, WriteTransaction};
+use sha2::{Digest, Sha256};
+
+use super::{
+    CHAIN, GRANTS, HANDOFFS, INBOX, OPERATOR_INBOX, READY, RUNNING, STREAMS, Store, StoreError,
+    TASKS, get_json, next, now_ms, put, put_json, try_get_json,
+};
+use crate::grants::output_key;
+use crate::manifest::{OPERATOR, hex};
+use crate::store::records::*;
+
+/// A pull task is redelivered this many times after traps or lease expiries before its
+/// fallback applies.
+pub const MAX_DELIVERIES: u32 = 3;
+
+/// Writer of the records the host itself puts on the blackboard (failure records).
+pub const HOST_WRITER: &str = "host";
+
+/// A handoff to record: everything but the ids, which the store assigns.
+#[derive(Debug, Clone)]
+pub struct NewHandoff {
+    /// The caller (an agent id or `operator`).
+    pub from: String,
+    /// The caller's current task, if an agent hands off.
+    pub parent: Option<TaskRecord>,
+    /// The callee: an agent id or `capability:<name>`.
+    pub to: String,
+    /// The `route:<name>` that chose `to`.
+    pub route: Option<String>,
+    /// Work or reply.
+    pub kind: Kind,
+    /// Summary for the callee.
+    pub summary: String,
+    /// Steps done.
+    pub completed: Vec<String>,
+    /// Subtasks.
+    pub outstanding: Vec<String>,
+    /// Typed parameters.
+    pub params: Vec<Param>,
+    /// How the data travels.
+    pub pattern: Pattern,
+    /// The data.
+    pub data: Option<Vec<u8>>,
+    /// Milliseconds the callee has (per delivery, for pull).
+    pub deadline_ms: u64,
+    /// What to do if the callee fails.
+    pub fallback: Fallback,
+    /// Whether to send the outcome back.
+    pub reply: bool,
+    /// For replies: the task answered.
+    pub in_reply_to: Option<String>,
+    /// An existing key the task points at, instead of writing new data (replies, reroutes).
+    pub pointer: Option<String>,
+    /// The callee's inbox (or queue) bound.
+    pub inbox_depth: u64,
+}
+
+/// What `hand_off` committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The handoff record.
+    pub handoff: HandoffRecord,
+    /// The task created for the callee.
+    pub task: String,
+}
+
+/// A request the store turned down; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The callee's inbox or queue is at its bound.
+    #[error("{0}")]
+    Full(String),
+    /// No such handoff, stream or record.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Denied(String),
+    /// The request does not fit the record's state.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A store result that may also be a refusal.
+pub type Outcome<T> = Result<Result<T, Refusal>, StoreError>;
+
+impl Store {
+    /// Record a handoff: write its data (to `output/<from>/<handoff-id>`, or inline for
+    /// push), create the callee's task and make it ready, all in one commit.
+    pub fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
+        let txn = self.db.begin_write()?;
+        let committed = match record_handoff(&txn, h)? {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
+        txn.commit()?;
+        Ok(Ok(committed))
+    }
+
+    /// Claim the oldest ready task that `pick` finds an agent for: `pick` gets the task's
+    /// target (an agent or `capability:<name>`) and the workers it already failed on, and
+    /// returns the agent to run it, or `None` while none is free. The task becomes running
+    /// and its pointer is granted.
+    pub fn claim_next(
+        &self,
+        mut pick: impl FnMut(&str, &[&str]) -> Option<String>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        let task = {
+            let ready = txn.open_table(READY)?;
+            let mut refused: Vec<String> = Vec::new();
+            let mut chosen = None;
+            for row in ready.iter()? {
+                let (seq, v) = row?;
+                let entry = parse_ready(v.value())?;
+                if entry.not_before > now || refused.iter().any(|r| r == entry.target) {
+                    continue;
+                }
+                match pick(entry.target, &entry.avoid) {
+                    Some(agent) => {
+                        chosen = Some((
+                            seq.value(),
+                            entry.target.to_string(),
+                            entry.task.to_string(),
+                            agent,
+                        ));
+                        break;
+                    }
+                    // Tasks with workers to avoid may still go to others; only a plain
+                    // refusal means the whole target is busy.
+                    None if entry.avoid.is_empty() => refused.push(entry.target.to_string()),
+                    None => {}
+                }
+            }
+            drop(ready);
+            let Some((seq, target, tid, agent)) = chosen else {
+                return Ok(None);
+            };
+            txn.open_table(READY)?.remove(seq)?;
+            txn.open_table(INBOX)?.remove((target.as_str(), seq))?;
+            let mut task: TaskRecord = get_json(&txn, TASKS, &tid)?;
+            task.status = Status::Running;
+            task.agent = Some(agent);
+            task.attempts += 1;
+            if task.pattern == Pattern::Pull {
+                // A pull task's deadline is a lease, renewed at each delivery.
+                task.deadline = now.saturating_add(task.budget_ms);
+            }
+            txn.open_table(RUNNING)?.insert(tid.as_str(), ())?;
+            deliver(&txn, &task)?;
+            task
+        };
+        txn.commit()?;
+        Ok(Some(task))
+    }
+
+    /// Claim up to `max` pending tasks from `agent`'s inbox (for `check-inbox`).
+    pub fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        let mut claimed = Vec::new();
+        {
+            let entries: Vec<(u64, String)> = txn
+                .open_table(INBOX)?
+                .range((agent, 0)..=(agent, u64::MAX))?
+                .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_string())))
+                .collect::<Result<_, _>>()?;
+            for (seq, tid) in entries {
+                if claimed.len() >= max as usize {
+                    break;
+                }
+                let mut task: TaskRecord = get_json(&txn, TASKS, &tid)?;
+                if task.not_before > now {
+                    continue;
+                }
+                txn.open_table(INBOX)?.remove((agent, seq))?;
+                txn.open_table(READY)?.remove(seq)?;
+                task.status = Status::Delivered;
+                task.agent = Some(agent.to_string());
+                task.finished_at = Some(now);
+                deliver(&txn, &task)?;
+                claimed.push(task);
+            }
+        }
+        txn.commit()?;
+        Ok(claimed)
+    }
+
+    /// Store the outcome of `task` at `output/<agent>/<task>`, mark it completed, and, if
+    /// the caller asked, put a reply pointing there in the caller's inbox (due in
+    /// `reply_deadline_ms`), all in one commit.
+    pub fn complete(
+        &self,
+        task_id: &str,
+        summary: &str,
+        data: &[u8],
+        reply_deadline_ms: u64,
+    ) -> Result<TaskRecord, StoreError> {
+        let txn = self.db.begin_write()?;
+        let task = {
+            let mut task: TaskRecord = get_json(&txn, TASKS, task_id)?;
+            let now = now_ms();
+            let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+            let key = output_key(&agent, &task.id);
+            put(&txn, &key, &agent, data, now)?;
+            task.status = Status::Completed;
+            task.finished_at = Some(now);
+            task.outcome_key = Some(key);
+            task.outcome_summary = Some(summary.to_string());
+            task.error = None;
+            put_json(&txn, TASKS, &task.id, &task)?;
+            txn.open_table(RUNNING)?.remove(task.id.as_str())?;
+            send_reply(&txn, &task, summary, reply_deadline_ms)?;
+            task
+        };
+        txn.commit()?;
+        Ok(task)
+    }
+
+    /// Record that `task` failed, and apply its fallback in the same commit: redeliver a
+    /// pull task, retry with backoff, reroute to another agent, escalate to the operator,
+    /// or record the failure on the blackboard. Returns the task as stored.
+    pub fn fail(
+        &self,
+        task_id: &str,
+        kind: FailureKind,
+        reason: &str,
+        reply_deadline_ms: u64,
+    ) -> Result<TaskRecord, StoreError> {
+        let txn = self.db.begin_write()?;
+        let task = fail_in(&txn, task_id, kind, reason, reply_deadline_ms)?;
+        txn.commit()?;
+        Ok(task)
+    }
+
+    /// Make every task that was running when the host stopped ready again (a crash left
+    /// them claimed but unfinished). Returns how many were redelivered.
+    pub fn recover(&self) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let ids: Vec<String> = txn
+            .open_table(RUNNING)?
+            .iter()?
+            .map(|r| r.map(|(k, _)| k.value().to_string()))
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            txn.open_table(RUNNING)?.remove(id.as_str())?;
+            let mut task: TaskRecord = get_json(&txn, TASKS, id)?;
+            task.status = Status::Pending;
+            task.agent = None;
+            make_ready(&txn, &task)?;
+        }
+        txn.commit()?;
+        Ok(ids.len())
+    }
+
+    /// Whether any task is ready but waiting for its backoff to pass.
+    pub fn has_delayed(&self) -> Result<bool, StoreError> {
+        use redb::ReadableDatabase as _;
+        let txn = self.db.begin_read()?;
+        let ready = txn.open_table(READY)?;
+        let now = now_ms();
+        for row in ready.iter()? {
+            let (_, v) = row?;
+            if parse_ready(v.value())?.not_before > now {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// One entry of the wake queue.
+struct Ready<'a> {
+    target: &'a str,
+    task: &'a str,
+    not_before: u64,
+    avoid: Vec<&'a str>,
+}
+
+fn parse_ready(v: &str) -> Result<Ready<'_>, StoreError> {
+    let mut parts = v.split('\t');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next().map(str::parse::<u64>),
+        parts.next(),
+    ) {
+        (Some(target), Some(task), Some(Ok(not_before)), avoid) => Ok(Ready {
+            target,
+            task,
+            not_before,
+            avoid: avoid
+                .map(|a| a.split(',').filter(|w| !w.is_empty()).collect())
+                .unwrap_or_default(),
+        }),
+        _ => Err(StoreError::Corrupt("ready".into(), v.to_string())),
+    }
+}
+
+/// The fingerprint of a piece of work: who gets it, what it says, and its data.
+pub fn fingerprint(to: &str, summary: &str, data: Option<&[u8]>, pointer: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for part in [to.as_bytes(), summary.as_bytes(), data.unwrap_or_default()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(pointer.unwrap_or_default().as_bytes());
+    hex(&h.finalize())
+}
+
+/// The body of a handoff, inside the caller's transaction.
+pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<Committed> {
+    let depth = txn
+        .open_table(INBOX)?
+        .range((h.to.as_str(), 0)..=(h.to.as_str(), u64::MAX))?
+        .count() as u64;
+    if depth >= h.inbox_depth {
+        return Ok(Err(Refusal::Full(format!(
+            "inbox of `{}` is full ({} pending tasks); try later",
+            h.to, h.inbox_depth
+        ))));
+    }
+    let hid = format!("h-{}", next(txn, "handoff")?);
+    let tid = format!("t-{}", next(txn, "task")?);
+    let now = now_ms();
+    let root = h
+        .parent
+        .as_ref()
+        .map_or_else(|| tid.clone(), |p| p.root.clone());
+    let fingerprint = fingerprint(&h.to, &h.summary, h.data.as_deref(), h.pointer.as_deref());
+
+    let mut waiting = false;
+    let (pointer, payload) = match (h.pattern, h.pointer, h.data) {
+        (_, Some(pointer), _) => (Some(pointer), None),
+        (Pattern::Push, None, data) => (None, data),
+        (Pattern::Stream, None, data) => {
+            let key = output_key(&h.from, &hid);
+            let chunks = match data {
+                Some(first) => {
+                    put(txn, &key, &h.from, &first, now)?;
+                    1
+                }
+                None => 0,
+            };
+            waiting = chunks == 0;
+            let meta = StreamMeta {
+                key: key.clone(),
+                handoff: hid.clone(),
+                writer: h.from.clone(),
+                task: tid.clone(),
+                chunks,
+                closed: false,
+                read: 0,
+                first_read_at: None,
+            };
+            put_json(txn, STREAMS, &key, &meta)?;
+            (Some(key), None)
+        }
+        (_, None, Some(data)) => {
+            let key = output_key(&h.from, &hid);
+            put(txn, &key, &h.from, &data, now)?;
+            (Some(key), None)
+        }
+        (_, None, None) => (None, None),
+    };
+
+    // The chain's remaining time shrinks at each hop; a pull task's deadline is a lease
+    // set at each claim instead.
+    let mut deadline = now.saturating_add(h.deadline_ms);
+    if let Some(p) = &h.parent
+        && h.kind == Kind::Work
+    {
+        deadline = deadline.min(p.deadline.max(now));
+    }
+    let task = TaskRecord {
+        id: tid.clone(),
+        root: root.clone(),
+        parent: h.parent.as_ref().map(|p| p.id.clone()),
+        kind: h.kind,
+        from: h.from.clone(),
+        to: h.to.clone(),
+        summary: h.summary,
+        completed: h.completed,
+        outstanding: h.outstanding,
+        params: h.params,
+        pattern: h.pattern,
+        pointer: pointer.clone(),
+        payload,
+        deadline,
+        reply: h.reply,
+        in_reply_to: h.in_reply_to,
+        handoff: hid.clone(),
+        status: if waiting {
+            Status::Waiting
+        } else {
+            Status::Pending
+        },
+        agent: None,
+        route: h.route.clone(),
+        hops: h.parent.as_ref().map_or(0, |p| p.hops + 1),
+        fingerprint,
+        fallback: h.fallback,
+        attempts: 0,
+        budget_ms: h.deadline_ms,
+        not_before: 0,
+        fallback_applied: None,
+        failed_on: Vec::new(),
+        created_at: now,
+        finished_at: None,
+        outcome_key: None,
+        outcome_summary: None,
+        error: None,
+    };
+    let handoff = HandoffRecord {
+        id: hid.clone(),
+        from: h.from,
+        to: h.to.clone(),
+        pattern: h.pattern,
+        key: pointer,
+        task: tid.clone(),
+        parent: task.parent.clone(),
+        root: root.clone(),
+        route: h.route,
+        at: now,
+    };
+    put_json(txn, TASKS, &tid, &task)?;
+    put_json(txn, HANDOFFS, &hid, &handoff)?;
+    if !waiting {
+        make_ready(txn, &task)?;
+    }
+    let mut chain = txn.open_table(CHAIN)?;
+    chain.insert(
+        (root.as_str(), next(txn, "seq")?),
+        format!("h:{hid}").as_str(),
+    )?;
+    chain.insert(
+        (root.as_str(), next(txn, "seq")?),
+        format!("t:{tid}").as_str(),
+    )?;
+    Ok(Ok(Committed { handoff, task: tid }))
+}
+
+/// Put a task in its target's inbox and the wake queue, at the back.
+pub(super) fn make_ready(txn: &WriteTransaction, task: &TaskRecord) -> Result<(), StoreError> {
+    put_json(txn, TASKS, &task.id, task)?;
+    let seq = next(txn, "seq")?;
+    txn.open_table(INBOX)?
+        .insert((task.to.as_str(), seq), task.id.as_str())?;
+    let entry = format!(
+        "{}\t{}\t{}\t{}",
+        task.to,
+        task.id,
+        task.not_before,
+        task.failed_on.join(",")
+    );
+    txn.open_table(READY)?.insert(seq, entry.as_str())?;
+    Ok(())
+}
+
+/// Mark a task delivered to its agent: save it and grant its pointer.
+fn deliver(txn: &WriteTransaction, task: &TaskRecord) -> Result<(), StoreError> {
+    put_json(txn, TASKS, &task.id, task)?;
+    if let Some(key) = &task.pointer {
+        let agent = task.agent.as_deref().unwrap_or(&task.to);
+        txn.open_table(GRANTS)?.insert((agent, key.as_str()), ())?;
+    }
+    Ok(())
+}
+
+/// If the caller of `task` asked for a reply, hand it one pointing at the task's outcome.
+fn send_reply(
+    txn: &WriteTransaction,
+    task: &TaskRecord,
+    summary: &str,
+    deadline_ms: u64,
+) -> Result<(), StoreError> {
+    if !task.reply || task.from == OPERATOR || task.kind != Kind::Work {
+        return Ok(());
+    }
+    let from = task.agent.clone().unwrap_or_else(|| task.to.clone());
+    let reply = NewHandoff {
+        from,
+        parent: Some(task.clone()),
+        to: task.from.clone(),
+        route: None,
+        kind: Kind::Reply,
+        summary: summary.to_string(),
+        completed: Vec::new(),
+        outstanding: Vec::new(),
+        params: Vec::new(),
+        pattern: Pattern::Blackboard,
+        data: None,
+        deadline_ms,
+        fallback: Fallback::None,
+        reply: false,
+        in_reply_to: Some(task.id.clone()),
+        pointer: task.outcome_key.clone(),
+        // The caller asked for this answer; its bound must not drop it.
+        inbox_depth: u64::MAX,
+    };
+    match record_handoff(txn, reply)? {
+        Ok(_) => Ok(()),
+        Err(r) => Err(StoreError::Corrupt(task.id.clone(), r.to_string())),
+    }
+}
+
+fn fail_in(
+    txn: &WriteTransaction,
+    task_id: &str,
+    kind: FailureKind,
+    reason: &str,
+    reply_deadline_ms: u64,
+) -> Result<TaskRecord, StoreError> {
+    let now = now_ms();
+    let mut task: TaskRecord = get_json(txn, TASKS, task_id)?;
+    txn.open_table(RUNNING)?.remove(task.id.as_str())?;
+    task.error = Some(reason.to_string());
+    let applied = |action: &str, next_task: Option<String>| FallbackApplied {
+        reason: kind,
+        action: action.into(),
+        next_task,
+    };
+
+    // A pull worker that trapped or lost its lease gives the task back to the queue.
+    if task.pattern == Pattern::Pull && kind != FailureKind::Error && task.attempts < MAX_DELIVERIES
+    {
+        task.status = Status::Pending;
+        if let Some(worker) = task.agent.take() {
+            task.failed_on.push(worker);
+        }
+        task.fallback_applied = Some(applied("redeliver", Some(task.id.clone())));
+        make_ready(txn, &task)?;
+        return Ok(task);
+    }
+
+    task.fallback_applied = None;
+    match task.fallback.clone() {
+        Fallback::Retry {
+            attempts,
+            backoff_ms,
+        } if task.attempts <= attempts => {
+            let wait = u64::from(backoff_ms) << (task.attempts.saturating_sub(1)).min(16);
+            task.status = Status::Pending;
+            task.agent = None;
+            task.not_before = now.saturating_add(wait);
+            task.deadline = now.saturating_add(wait).saturating_add(task.budget_ms);
+            task.fallback_applied = Some(applied("retry", Some(task.id.clone())));
+            make_ready(txn, &task)?;
+            return Ok(task);
+        }
+        Fallback::Reroute { to } => {
+            let parent: Option<TaskRecord> = match &task.parent {
+                Some(p) => try_get_json(txn, TASKS, p)?,
+                None => None,
+            };
+            let rerouted = NewHandoff {
+                from: task.from.clone(),
+                parent: parent.or_else(|| Some(task.clone())),
+                to,
+                route: None,
+                kind: Kind::Work,
+                summary: task.summary.clone(),
+                completed: task.completed.clone(),
+                outstanding: task.outstanding.clone(),
+                params: task.params.clone(),
+                pattern: task.pattern,
+                data: task.payload.clone(),
+                deadline_ms: task.budget_ms,
+                fallback: Fallback::None,
+                reply: task.reply,
+                in_reply_to: None,
+                pointer: task.pointer.clone(),
+                inbox_depth: u64::MAX,
+            };
+            let next_task = match record_handoff(txn, rerouted)? {
+                Ok(c) => Some(c.task),
+                Err(_) => None,
+            };
+            finish_failed(txn, &mut task, now)?;
+            task.fallback_applied = Some(applied("reroute", next_task));
+            put_json(txn, TASKS, &task.id, &task)?;
+            return Ok(task);
+        }
+        Fallback::Escalate => {
+            let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+            let escalation = Escalation {
+                task: task.id.clone(),
+                agent,
+                reason: reason.to_string(),
+                at: now,
+                resolved_at: None,
+                note: None,
+            };
+            put_json(txn, OPERATOR_INBOX, &task.id, &escalation)?;
+            task.fallback_applied = Some(applied("escalate", None));
+        }
+        Fallback::Record => task.fallback_applied = Some(applied("record", None)),
+        Fallback::Retry { .. } => task.fallback_applied = Some(applied("retry", None)),
+        Fallback::None => {}
+    }
+    finish_failed(txn, &mut task, now)?;
+    put_json(txn, TASKS, &task.id, &task)?;
+    send_reply(txn, &task, &format!("failed: {reason}"), reply_deadline_ms)?;
+    Ok(task)
+}
+
+/// Mark a task failed for good and put its failure record on the blackboard, at
+/// `failures/<task>`, written by the host, so a caller's reply can point at it.
+fn finish_failed(
+    txn: &WriteTransaction,
+    task: &mut TaskRecord,
+    now: u64,
+) -> Result<(), StoreError> {
+    task.status = Status::Failed;
+    task.finished_at = Some(now);
+    let key = format!("failures/{}", task.id);
+    let record = serde_json::json!({
+        "task": task.id,
+        "agent": task.agent.as_deref().unwrap_or(&task.to),
+        "reason": task.error,
+        "attempts": task.attempts,
+    });
+    put(txn, &key, HOST_WRITER, record.to_string().as_bytes(), now)?;
+    task.outcome_key = Some(key);
+    Ok(())
+}

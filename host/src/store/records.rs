@@ -1,0 +1,323 @@
+//! The records the store keeps: tasks, handoffs, blackboard entries, streams and
+//! escalations. They are stored as JSON so a damaged or foreign file fails loudly.
+
+use serde::{Deserialize, Serialize};
+
+/// How a handoff moved its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// Data on the blackboard, pointer in the task.
+    Blackboard,
+    /// Data inline in the task.
+    Push,
+    /// Through a capability queue.
+    Pull,
+    /// Chunk by chunk.
+    Stream,
+}
+
+impl Pattern {
+    /// The lowercase name used in JSON and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Blackboard => "blackboard",
+            Pattern::Push => "push",
+            Pattern::Pull => "pull",
+            Pattern::Stream => "stream",
+        }
+    }
+}
+
+/// New work, or a reply to earlier work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// New work.
+    Work,
+    /// The outcome of a handoff the recipient made.
+    Reply,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// In the callee's inbox.
+    Pending,
+    /// An activation is handling it.
+    Running,
+    /// Claimed through `check-inbox` by an activation that was already running.
+    Delivered,
+    /// Done; the outcome is on the blackboard.
+    Completed,
+    /// A stream task whose stream has no chunk yet; it wakes at the first.
+    Waiting,
+    /// Failed; `error` says why.
+    Failed,
+}
+
+impl Status {
+    /// Whether the task will change no more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Delivered | Status::Completed | Status::Failed)
+    }
+
+    /// The lowercase name used in JSON and text.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Delivered => "delivered",
+            Status::Completed => "completed",
+            Status::Waiting => "waiting",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// A typed parameter value, as stored and printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// `true` / `false`.
+    Flag(bool),
+    /// A whole number.
+    Integer(i64),
+    /// A number with a fraction.
+    Number(f64),
+    /// Text.
+    Text(String),
+}
+
+/// A named parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Param {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: ParamValue,
+}
+
+/// A task, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// `t-<n>`.
+    pub id: String,
+    /// The first task of the chain this one belongs to.
+    pub root: String,
+    /// The task whose activation handed this off (none for operator work).
+    pub parent: Option<String>,
+    /// Work or reply.
+    pub kind: Kind,
+    /// Who handed it off.
+    pub from: String,
+    /// Whose inbox it is in.
+    pub to: String,
+    /// The caller's summary.
+    pub summary: String,
+    /// Steps the caller finished.
+    pub completed: Vec<String>,
+    /// Subtasks for the callee.
+    pub outstanding: Vec<String>,
+    /// Typed parameters.
+    pub params: Vec<Param>,
+    /// How the data travelled.
+    pub pattern: Pattern,
+    /// The blackboard key holding the data.
+    pub pointer: Option<String>,
+    /// Inline data (push).
+    pub payload: Option<Vec<u8>>,
+    /// Unix ms by which the outcome is due.
+    pub deadline: u64,
+    /// Whether the caller wants the outcome back.
+    pub reply: bool,
+    /// For a reply: the task whose outcome it carries.
+    pub in_reply_to: Option<String>,
+    /// The handoff that created it.
+    pub handoff: String,
+    /// Where it is in its life.
+    pub status: Status,
+    /// The agent that ran it: `to`, or the worker that claimed a `capability:` task.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The `route:<name>` that chose `to`, if any.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Handoffs between the chain's first task and this one.
+    #[serde(default)]
+    pub hops: u32,
+    /// sha256 of target, summary and data: the same work handed round again is a cycle.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// What to do if it fails.
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// Deliveries so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The time each delivery has, in ms (a pull task's lease).
+    #[serde(default)]
+    pub budget_ms: u64,
+    /// Not to be delivered before this Unix ms (retry backoff).
+    #[serde(default)]
+    pub not_before: u64,
+    /// What the host did when it failed.
+    #[serde(default)]
+    pub fallback_applied: Option<FallbackApplied>,
+    /// Workers a pull task trapped or timed out on; redelivery prefers others.
+    #[serde(default)]
+    pub failed_on: Vec<String>,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Unix ms, once final.
+    pub finished_at: Option<u64>,
+    /// Where the outcome is stored.
+    pub outcome_key: Option<String>,
+    /// The agent's summary of its outcome.
+    pub outcome_summary: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A handoff, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffRecord {
+    /// `h-<n>`.
+    pub id: String,
+    /// The caller.
+    pub from: String,
+    /// The callee.
+    pub to: String,
+    /// How the data travelled.
+    pub pattern: Pattern,
+    /// The blackboard key holding the data, if any.
+    pub key: Option<String>,
+    /// The task it created.
+    pub task: String,
+    /// The caller's task, when an agent made it.
+    pub parent: Option<String>,
+    /// The chain's first task.
+    pub root: String,
+    /// The `route:<name>` that chose `to`, if any.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Unix ms.
+    pub at: u64,
+}
+
+/// One version of a key, with provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    /// The key.
+    pub key: String,
+    /// From 1, one per write.
+    pub version: u64,
+    /// The agent whose handoff or outcome wrote it.
+    pub writer: String,
+    /// Lowercase hex sha256 of `value`.
+    pub sha256: String,
+    /// Unix ms.
+    pub written_at: u64,
+    /// The bytes.
+    pub value: Vec<u8>,
+}
+
+/// What the host does when a task misses its deadline or fails, declared by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Fallback {
+    /// The task fails, and so does its chain.
+    #[default]
+    None,
+    /// Run the task again, up to `attempts` more times, waiting `backoff_ms` (doubling).
+    Retry {
+        /// Extra attempts.
+        attempts: u32,
+        /// First wait, in ms.
+        backoff_ms: u32,
+    },
+    /// Hand the task to another agent.
+    Reroute {
+        /// The alternative agent.
+        to: String,
+    },
+    /// Put the task in the operator inbox.
+    Escalate,
+    /// Record the failure on the blackboard and continue.
+    Record,
+}
+
+impl Fallback {
+    /// The action's name, as printed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fallback::None => "none",
+            Fallback::Retry { .. } => "retry",
+            Fallback::Reroute { .. } => "reroute",
+            Fallback::Escalate => "escalate",
+            Fallback::Record => "record",
+        }
+    }
+}
+
+/// Why an activation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// It ran past its deadline (or its lease).
+    Timeout,
+    /// It trapped: a limit, a crash, a host refusal that ends the activation.
+    Trap,
+    /// It returned an error.
+    Error,
+}
+
+/// What the host did about a failed task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackApplied {
+    /// Why the task failed.
+    pub reason: FailureKind,
+    /// `retry`, `reroute`, `escalate`, `record`, `redeliver` or `none`.
+    pub action: String,
+    /// The task that carries the work on (the same task for a retry), if any.
+    pub next_task: Option<String>,
+}
+
+/// A stream opened by a `stream` handoff; its chunks are the versions of `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    /// The stream key, `output/<writer>/<handoff>`.
+    pub key: String,
+    /// The handoff that opened it.
+    pub handoff: String,
+    /// The agent that writes it.
+    pub writer: String,
+    /// The reader's task.
+    pub task: String,
+    /// Chunks written.
+    pub chunks: u64,
+    /// Whether the writer closed it.
+    pub closed: bool,
+    /// Chunks the reader has read.
+    pub read: u64,
+    /// Unix ms of the reader's first chunk.
+    pub first_read_at: Option<u64>,
+}
+
+/// A task handed to the operator by an `escalate` fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// The failed task.
+    pub task: String,
+    /// The agent it failed on.
+    pub agent: String,
+    /// Why.
+    pub reason: String,
+    /// Unix ms.
+    pub at: u64,
+    /// Set by `baton operator resolve`.
+    pub resolved_at: Option<u64>,
+    /// The operator's note.
+    pub note: Option<String>,
+}
