@@ -21,6 +21,11 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("fs_reader", "fs_reader.wasm"),
     ("backdoor", "backdoor.wasm"),
     ("wasi_command", "wasi-command.wasm"),
+    ("spinner", "spinner.wasm"),
+    ("hog", "hog.wasm"),
+    ("deep", "deep.wasm"),
+    ("flood", "flood.wasm"),
+    ("bloat", "bloat.wasm"),
 ];
 
 fn main() {
