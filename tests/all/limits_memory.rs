@@ -68,3 +68,33 @@ async fn a_memory_hog_is_stopped_at_its_memory_limit_and_the_host_lives() {
     assert!(!reason.contains('\n'), "{reason:?}");
     assert!(reason.contains("16 MiB"), "{reason:?}");
 }
+
+#[tokio::test]
+async fn an_agent_whose_memory_cannot_fit_its_limit_fails_to_start_with_the_limit_named() {
+    let state = tempfile::tempdir().unwrap();
+    // A Rust guest's initial memory (1 MiB of stack plus its data) is already past 1 MiB.
+    let mut hog = agent("hog", baton_artifacts::hog::WASM);
+    hog.limits.memory_mib = 1;
+    let host = Host::load(&mesh_under_attack(hog), state.path()).unwrap();
+
+    let attack = host.submit("hog", "eat", None, vec![]).unwrap().task;
+    let behind = host
+        .submit("snoop", "after the hog", None, vec![])
+        .unwrap()
+        .task;
+    assert_eq!(host.run_until_idle().await.unwrap(), 2);
+
+    let t = task(&host, &attack);
+    assert_eq!(t.status, Status::Failed, "{t:?}");
+    assert_eq!(t.outcome_key, None);
+    assert_bystander_completed(&host, &behind);
+    assert_demo_chain_completes(&host).await;
+
+    let reason = t.error.unwrap();
+    assert!(
+        reason.starts_with("memory limit: ") && reason.ends_with("(limits.memory_mib)"),
+        "{reason:?}"
+    );
+    assert!(!reason.contains('\n'), "{reason:?}");
+    assert!(reason.contains("1 MiB"), "{reason:?}");
+}
