@@ -34,6 +34,11 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("sleeper", "sleeper.wasm"),
     ("bouncer", "bouncer.wasm"),
     ("crasher", "crasher.wasm"),
+    ("spinner", "spinner.wasm"),
+    ("hog", "hog.wasm"),
+    ("deep", "deep.wasm"),
+    ("flood", "flood.wasm"),
+    ("bloat", "bloat.wasm"),
 ];
 
 fn main() {

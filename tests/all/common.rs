@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use baton::manifest::{AgentSpec, Mesh};
-use baton::store::{Param, ParamValue, Status};
+use baton::store::{Param, ParamValue, Status, TaskRecord};
 use baton::{Host, Report};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// An agent running `wasm`, with default policy and limits.
 pub fn agent(id: &str, wasm: &'static [u8]) -> AgentSpec {
@@ -77,6 +77,66 @@ pub fn int(name: &str, value: i64) -> Param {
         name: name.into(),
         value: ParamValue::Integer(value),
     }
+}
+
+/// `attacker` beside the demo pair (researcher → writer) and `snoop`, a harmless
+/// bystander that completes any task with no params: the rest of a mesh under attack.
+pub fn mesh_under_attack(attacker: AgentSpec) -> Mesh {
+    let mut m = research_mesh();
+    m.agents.push(agent("snoop", baton_artifacts::snoop::WASM));
+    m.agents.insert(0, attacker);
+    m
+}
+
+/// The stored record of task `id`.
+pub fn task(host: &Host, id: &str) -> TaskRecord {
+    host.store()
+        .task(id)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no task `{id}` in the store"))
+}
+
+/// Assert that `id` failed with exactly `reason`: its only record is the host's failure
+/// record, and the agent stored no outcome.
+pub fn assert_failed(host: &Host, id: &str, reason: &str) {
+    let t = task(host, id);
+    assert_eq!(t.status, Status::Failed, "{t:?}");
+    assert_eq!(t.error.as_deref(), Some(reason), "{t:?}");
+    assert_eq!(t.outcome_key, Some(format!("failures/{id}")), "{t:?}");
+    let key = format!("output/{}/{id}", t.to);
+    assert_eq!(host.store().read(&key, None).unwrap(), None, "{key}");
+}
+
+/// Assert that the bystander's task `id`, queued behind an attack, completed.
+pub fn assert_bystander_completed(host: &Host, id: &str) {
+    let t = task(host, id);
+    assert_eq!(t.status, Status::Completed, "{t:?}");
+    let key = t.outcome_key.expect("a completed task has an outcome key");
+    assert_eq!(
+        host.store().read(&key, None).unwrap().unwrap().writer,
+        "snoop"
+    );
+}
+
+/// Assert that the host lived: the demo chain runs to completion in the same host.
+pub async fn assert_demo_chain_completes(host: &Host) {
+    let report = run(
+        host,
+        "researcher",
+        Some(json!({ "topic": "tides" })),
+        vec![],
+    )
+    .await;
+    assert_eq!(report.status, "completed", "{report:?}");
+    let ran: Vec<&str> = report.tasks.iter().map(|t| t.agent.as_str()).collect();
+    assert_eq!(ran, ["researcher", "writer"]);
+    let article = outcome(host, &report, "writer");
+    assert!(
+        article["article"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("On tides:")),
+        "{article}"
+    );
 }
 
 /// A flag parameter.
