@@ -334,3 +334,176 @@ fn bad_input_is_named_and_changes_nothing() {
         stderr(&out)
     );
 }
+
+#[test]
+fn every_demo_keeps_its_json_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = |pattern: &str| {
+        let state = dir.path().join(pattern);
+        let out = baton(&["demo", pattern, "--state", s(&state), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{pattern}: {}", stderr(&out));
+        let r = json(&out);
+        assert_eq!(r["status"], "completed", "{pattern}: {r}");
+        for field in ["task", "status", "handoffs", "outcome_key", "outcome"] {
+            assert!(r.get(field).is_some(), "{pattern} lacks `{field}`");
+        }
+        for h in r["handoffs"].as_array().unwrap() {
+            for field in ["id", "from", "to", "pattern", "key"] {
+                assert!(
+                    h.get(field).is_some(),
+                    "{pattern} handoff lacks `{field}`: {h}"
+                );
+            }
+            let p = h["pattern"].as_str().unwrap();
+            assert!(["blackboard", "push", "pull", "stream"].contains(&p), "{p}");
+        }
+        r
+    };
+
+    let r = demo("blackboard");
+    assert_eq!(r["handoffs"][0]["pattern"], "blackboard");
+
+    let r = demo("push");
+    assert_eq!(
+        r["refused"],
+        serde_json::json!({ "error": "invalid", "field": "title" })
+    );
+    assert!(
+        r["handoffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["pattern"] == "push")
+    );
+
+    let r = demo("pull");
+    let pulls: Vec<&Value> = r["handoffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["pattern"] == "pull")
+        .collect();
+    assert!(pulls.len() >= 8, "{r}");
+    let workers: std::collections::BTreeSet<&str> = pulls
+        .iter()
+        .map(|h| {
+            h["claimed_by"]
+                .as_str()
+                .expect("every pull handoff is claimed")
+        })
+        .collect();
+    assert!(workers.len() >= 2, "{workers:?}");
+
+    let r = demo("stream");
+    assert_eq!(r["handoffs"][0]["pattern"], "stream");
+    let first = r["first_chunk_read_at"].as_u64().unwrap();
+    let finished = r["caller_finished_at"].as_u64().unwrap();
+    assert!(first < finished, "{first} !< {finished}");
+    assert!(r["chunks"].as_u64().unwrap() >= 3);
+
+    let r = demo("route");
+    let to: Vec<&str> = r["handoffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        to,
+        ["french", "english", "fallback-desk", "router", "french"]
+    );
+
+    let r = demo("fallback");
+    assert_eq!(
+        r["fallback"],
+        serde_json::json!({ "reason": "timeout", "action": "reroute", "final_agent": "writer" })
+    );
+
+    let out = baton(&["demo", "teleport"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown demo `teleport`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn operator_lists_and_resolves_escalations() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("caller.wasm"),
+        baton_artifacts::caller::WASM,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sleeper.wasm"),
+        baton_artifacts::sleeper::WASM,
+    )
+    .unwrap();
+    let mesh = dir.path().join("mesh.toml");
+    std::fs::write(
+        &mesh,
+        "[[agent]]\nid = \"caller\"\ncomponent = \"caller.wasm\"\nhandoff = [\"sleeper\"]\n\n[[agent]]\nid = \"sleeper\"\ncomponent = \"sleeper.wasm\"\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let out = baton(&[
+        "run",
+        "--mesh",
+        s(&mesh),
+        "--to",
+        "caller",
+        "--summary",
+        "call",
+        "--param",
+        "target=sleeper",
+        "--param",
+        "fallback=escalate",
+        "--param",
+        "deadline_ms=200",
+        "--state",
+        s(&state),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = json(&out);
+    let escalated = run["tasks"][1]["id"].as_str().unwrap().to_string();
+
+    let out = baton(&["operator", "list", "--state", s(&state), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list = json(&out);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["task"], escalated.as_str());
+    assert_eq!(list[0]["agent"], "sleeper");
+
+    let out = baton(&[
+        "operator",
+        "resolve",
+        &escalated,
+        "--note",
+        "done by hand",
+        "--state",
+        s(&state),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = baton(&["operator", "list", "--state", s(&state), "--json"]);
+    assert_eq!(json(&out), serde_json::json!([]));
+    let out = baton(&["operator", "list", "--all", "--state", s(&state), "--json"]);
+    assert_eq!(json(&out)[0]["note"], "done by hand");
+
+    let out = baton(&["operator", "resolve", &escalated, "--state", s(&state)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already resolved"),
+        "{}",
+        stderr(&out)
+    );
+    let out = baton(&["operator", "resolve", "t-999", "--state", s(&state)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no escalation for task `t-999`"),
+        "{}",
+        stderr(&out)
+    );
+}
