@@ -39,6 +39,8 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("deep", "deep.wasm"),
     ("flood", "flood.wasm"),
     ("bloat", "bloat.wasm"),
+    ("env_probe", "env_probe.wasm"),
+    ("escape_probe", "escape_probe.wasm"),
 ];
 
 fn main() {

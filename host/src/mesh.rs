@@ -645,7 +645,11 @@ impl Host for MeshView<'_> {
         let me = &self.ctx.agent;
         let store = &self.ctx.shared.store;
         let allowed = me.reads.allows(&key) || store.is_granted(&me.id, &key).map_err(trap)?;
+        let task = &self.ctx.task.id;
         if !allowed {
+            store
+                .audit_read(&me.id, task, &key, Err("not granted"))
+                .map_err(trap)?;
             let e = MeshError::Denied(format!(
                 "agent `{}` may not read `{key}`: it is not in its namespace, its `reads` globs, or a task delivered to it",
                 me.id
@@ -653,7 +657,12 @@ impl Host for MeshView<'_> {
             return Ok(Err(self.ctx.refuse(e)));
         }
         match store.read(&key, version).map_err(trap)? {
-            Some(e) => Ok(Ok(entry_to_wit(e))),
+            Some(e) => {
+                store
+                    .audit_read(&me.id, task, &key, Ok(e.version))
+                    .map_err(trap)?;
+                Ok(Ok(entry_to_wit(e)))
+            }
             None => {
                 let what = match version {
                     Some(v) => format!("no version {v} of key `{key}`"),

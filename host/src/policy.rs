@@ -34,6 +34,21 @@ pub const INERT_WASI: &[&str] = &[
     "wasi:cli/terminal-stderr",
 ];
 
+/// What a language runtime (e.g. Python built with componentize-py) imports wholesale.
+/// The `virtualized` policy links these too, with nothing behind them: no preopened
+/// directory, and every socket, name lookup and address refused.
+pub const VIRTUALIZED_WASI: &[&str] = &[
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
 /// The WASI version family the host links (wasmtime 48 implements 0.2.x).
 const WASI_VERSION_PREFIX: &str = "0.2.";
 
@@ -50,6 +65,9 @@ pub enum Policy {
     Default,
     /// `baton:agent/*` only.
     Strict,
+    /// The default set plus filesystem and sockets ([`VIRTUALIZED_WASI`]), linked so they
+    /// reach nothing: for language runtimes that import the whole WASI set.
+    Virtualized,
 }
 
 impl Policy {
@@ -58,6 +76,7 @@ impl Policy {
         match self {
             Policy::Default => "default",
             Policy::Strict => "strict",
+            Policy::Virtualized => "virtualized",
         }
     }
 
@@ -76,8 +95,12 @@ impl Policy {
                 )),
             };
         }
-        if !INERT_WASI.contains(&path) {
+        let virtualized = self == Policy::Virtualized && VIRTUALIZED_WASI.contains(&path);
+        if !INERT_WASI.contains(&path) && !virtualized {
             return Some(match path.split_once('/') {
+                Some((pkg @ ("wasi:filesystem" | "wasi:sockets"), _)) => format!(
+                    "`{pkg}` reaches host resources; only the `virtualized` policy links it, with nothing behind it"
+                ),
                 Some((pkg, _)) if is_host_reaching(pkg) => {
                     format!("`{pkg}` reaches host resources; no baton policy links it")
                 }
@@ -110,8 +133,9 @@ impl std::str::FromStr for Policy {
         match s {
             "default" => Ok(Policy::Default),
             "strict" => Ok(Policy::Strict),
+            "virtualized" => Ok(Policy::Virtualized),
             other => Err(format!(
-                "unknown policy `{other}`; expected `default` or `strict`"
+                "unknown policy `{other}`; expected `default`, `strict` or `virtualized`"
             )),
         }
     }
@@ -256,6 +280,11 @@ mod tests {
                 .is_some()
         );
         assert_eq!(Policy::Strict.refuse("baton:agent/mesh@0.1.0"), None);
+        let v = Policy::Virtualized;
+        assert_eq!(v.refuse("wasi:filesystem/preopens@0.2.6"), None);
+        assert_eq!(v.refuse("wasi:sockets/tcp@0.2.6"), None);
+        assert!(v.refuse("wasi:http/outgoing-handler@0.2.6").is_some());
+        assert!(v.refuse("evil:backdoor/exfil").is_some());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!
 //! Deny by default: the linker for the `default` policy offers `baton:agent/mesh` and the
 //! inert WASI base (empty environment and stdin, stdout and stderr captured into the
-//! agent's log, clocks, random); the `strict` linker offers `mesh` alone. No filesystem,
-//! sockets or HTTP is ever linked here.
+//! agent's log, clocks, random); the `strict` linker offers `mesh` alone; the `virtualized`
+//! linker adds filesystem and sockets over a context with no preopened directory and no
+//! network, so they link but reach nothing.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -298,8 +299,14 @@ fn linker(engine: &Engine, policy: Policy) -> wasmtime::Result<Linker<Activation
 
     let mut l = Linker::new(engine);
     crate::mesh::add_to_linker(&mut l, |a: &mut Activation| MeshView::new(&mut a.mesh))?;
-    if policy == Policy::Strict {
-        return Ok(l);
+    match policy {
+        Policy::Strict => return Ok(l),
+        // Every WASI p2 interface, over a context with no preopens and no network.
+        Policy::Virtualized => {
+            wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
+            return Ok(l);
+        }
+        Policy::Default => {}
     }
     // The inert WASI base, interface by interface: `policy::INERT_WASI` and no more.
     wasmtime_wasi_io::add_to_linker_async(&mut l)?;
@@ -331,11 +338,12 @@ impl Host {
             component: component.to_string(),
             message: format!("{e:#}"),
         };
-        let linkers: HashMap<Policy, Linker<Activation>> = [Policy::Default, Policy::Strict]
-            .into_iter()
-            .map(|p| linker(&engine, p).map(|l| (p, l)))
-            .collect::<wasmtime::Result<_>>()
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let linkers: HashMap<Policy, Linker<Activation>> =
+            [Policy::Default, Policy::Strict, Policy::Virtualized]
+                .into_iter()
+                .map(|p| linker(&engine, p).map(|l| (p, l)))
+                .collect::<wasmtime::Result<_>>()
+                .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
         let mut agents = HashMap::new();
         let mut policies = HashMap::new();
@@ -559,10 +567,15 @@ impl Host {
         let limits = &loaded.policy.limits;
         let stdout = MemoryOutputPipe::new(LOG_CAPACITY);
         let stderr = MemoryOutputPipe::new(LOG_CAPACITY);
+        // Deny by default: no environment, no arguments, no preopened directory; sockets
+        // are refused by address and by kind, should a `virtualized` agent try one.
         let wasi = WasiCtxBuilder::new()
             .stdin(MemoryInputPipe::new(Vec::<u8>::new()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let memory = usize::try_from(limits.memory_mib * 1024 * 1024).unwrap_or(usize::MAX);
         let mut wstore = WasmStore::new(

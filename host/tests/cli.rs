@@ -507,3 +507,45 @@ fn operator_lists_and_resolves_escalations() {
         stderr(&out)
     );
 }
+
+#[test]
+fn check_explains_what_an_agent_of_a_mesh_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = write_mesh(
+        dir.path(),
+        &MESH.replace(
+            "handoff = [\"writer\"]",
+            "handoff = [\"writer\"]\nreads = [\"shared/*\"]",
+        ),
+    );
+    let out = baton(&[
+        "check",
+        "--mesh",
+        s(&mesh),
+        "--agent",
+        "researcher",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["agent"], "researcher");
+    assert_eq!(v["admitted"], true);
+    assert_eq!(v["policy"], "default");
+    assert_eq!(v["reads"]["own_namespace"], "output/researcher/");
+    assert_eq!(v["reads"]["globs"], serde_json::json!(["shared/*"]));
+    assert_eq!(
+        v["handoff"],
+        serde_json::json!([{ "target": "writer", "kind": "agent", "reaches": ["writer"] }])
+    );
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .contains(&"baton:agent/mesh@0.1.0".into())
+    );
+
+    let out = baton(&["check", "--mesh", s(&mesh), "--agent", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no agent `ghost` in this mesh; agents: researcher, writer"));
+}

@@ -29,7 +29,7 @@ fn params(target: &str, fallback: &str, extra: Vec<Param>) -> Vec<Param> {
     let mut p = vec![
         text("target", target),
         text("fallback", fallback),
-        int("deadline_ms", 200),
+        int("deadline_ms", 500),
     ];
     p.extend(extra);
     p

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audit_log;
 mod cycles;
 mod fallback;
 mod fan_out;
@@ -20,5 +21,10 @@ mod pattern_pull;
 mod pattern_push;
 mod pattern_stream;
 mod pipeline;
+mod redteam_env;
+mod redteam_escape;
+mod redteam_host_call;
+mod redteam_namespace;
+mod redteam_swap;
 mod restart;
 mod routing;

@@ -14,7 +14,7 @@ use crate::manifest::Mesh;
 use crate::policy::{self, Policy};
 use crate::report::{EntryView, Report};
 use crate::runtime::{DEFAULT_WORKERS, Host};
-use crate::store::{Param, ParamValue, STORE_FILE, Store};
+use crate::store::{AuditVerdict, Param, ParamValue, STORE_FILE, Store};
 
 /// Run AI agents as sandboxed WebAssembly components with secure, audited handoffs.
 #[derive(Debug, Parser)]
@@ -69,13 +69,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a component's imports and whether a policy admits it.
+    /// Show a component's imports and whether a policy admits it; with --mesh and
+    /// --agent, everything that agent can reach.
     Check {
         /// The component file.
-        file: PathBuf,
+        #[arg(required_unless_present = "mesh")]
+        file: Option<PathBuf>,
         /// The policy to judge it by.
         #[arg(long, default_value = "default")]
         policy: Policy,
+        /// A mesh manifest: explain one of its agents instead.
+        #[arg(long, requires = "agent", conflicts_with = "file")]
+        mesh: Option<PathBuf>,
+        /// The agent of --mesh to explain.
+        #[arg(long, requires = "mesh")]
+        agent: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -90,6 +98,11 @@ enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
+    /// The tamper-evident audit log of every handoff and read.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Show the handoff chain of a task.
     Trace {
         /// Any task of the chain.
@@ -100,6 +113,25 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: exit 0 when whole, 1 naming the first broken record.
+    Verify {
+        /// State directory.
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit log as JSON.
+    Log {
+        /// State directory.
+        #[arg(long, default_value = ".baton")]
+        state: PathBuf,
     },
 }
 
@@ -213,7 +245,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })??;
             Ok(print_report(&report, json))
         }
-        Command::Check { file, policy, json } => Ok(check(&file, policy, json)),
+        Command::Check {
+            file,
+            policy,
+            mesh,
+            agent,
+            json,
+        } => match (file, mesh, agent) {
+            (Some(file), _, _) => Ok(check(&file, policy, json)),
+            (None, Some(mesh), Some(agent)) => explain(&mesh, &agent, json),
+            _ => bail!("give a component file, or --mesh and --agent"),
+        },
         Command::Bb {
             command:
                 BbCommand::Get {
@@ -267,6 +309,43 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Err(refusal) => bail!("{refusal}"),
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { state, json },
+        } => {
+            let store = open_existing(&state)?;
+            let verdict = store.audit_verify()?;
+            let (whole, line, value) = match &verdict {
+                AuditVerdict::Whole { records } => (
+                    true,
+                    format!("audit log whole: {records} records"),
+                    serde_json::json!({ "whole": true, "records": records }),
+                ),
+                AuditVerdict::Broken { seq, reason } => (
+                    false,
+                    format!("audit log broken at record #{seq}: {reason}"),
+                    serde_json::json!({ "whole": false, "broken": seq, "reason": reason }),
+                ),
+            };
+            if json {
+                println!("{value}");
+            } else if whole {
+                println!("{line}");
+            } else {
+                eprintln!("error: {line}");
+            }
+            Ok(if whole {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Audit {
+            command: AuditCommand::Log { state },
+        } => {
+            let store = open_existing(&state)?;
+            println!("{}", serde_json::to_string_pretty(&store.audit_log()?)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Trace { task, state, json } => {
             let store = open_existing(&state)?;
@@ -384,4 +463,122 @@ fn check(file: &Path, policy: Policy, json: bool) -> ExitCode {
             }
         }
     }
+}
+
+/// Everything one agent of a mesh can reach: what it imports and whether its policy admits
+/// that, which keys it may read, where it may hand off, and its limits.
+fn explain(mesh_file: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mesh = Mesh::load(mesh_file)?;
+    let Some(spec) = mesh.agent(id) else {
+        bail!(
+            "{}: no agent `{id}` in this mesh; agents: {}",
+            mesh.file,
+            mesh.ids().join(", ")
+        );
+    };
+    let verdict = policy::check(&spec.wasm, spec.policy).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: agent `{id}`: component `{}` is {e}",
+            mesh.file,
+            spec.component
+        )
+    })?;
+    let handoff: Vec<serde_json::Value> = spec
+        .handoff
+        .iter()
+        .map(|target| {
+            if let Some(cap) = target.strip_prefix(crate::manifest::CAPABILITY) {
+                let workers: Vec<&str> = mesh
+                    .agents
+                    .iter()
+                    .filter(|a| a.capabilities.iter().any(|c| c == cap))
+                    .map(|a| a.id.as_str())
+                    .collect();
+                serde_json::json!({ "target": target, "kind": "capability", "reaches": workers })
+            } else if let Some(name) = target.strip_prefix(crate::manifest::ROUTE) {
+                let mut to: Vec<&str> = mesh
+                    .route(name)
+                    .map(|r| r.rules.iter().map(|rule| rule.to.as_str()).collect())
+                    .unwrap_or_default();
+                to.sort_unstable();
+                to.dedup();
+                serde_json::json!({ "target": target, "kind": "route", "reaches": to })
+            } else {
+                serde_json::json!({ "target": target, "kind": "agent", "reaches": [target] })
+            }
+        })
+        .collect();
+    let report = serde_json::json!({
+        "mesh": mesh.file,
+        "agent": id,
+        "component": spec.component,
+        "sha256": crate::manifest::hex(&<sha2::Sha256 as sha2::Digest>::digest(&*spec.wasm)),
+        "policy": spec.policy,
+        "admitted": verdict.admitted(),
+        "imports": verdict.imports,
+        "refused": verdict.refused,
+        "reads": {
+            "own_namespace": crate::grants::namespace(id),
+            "globs": spec.reads,
+            "delivered_pointers": "the exact keys that tasks delivered to it point at",
+        },
+        "writes": format!("{} (through hand-off data and outcomes only)", crate::grants::namespace(id)),
+        "handoff": handoff,
+        "capabilities": spec.capabilities,
+        "limits": {
+            "memory_mib": spec.limits.memory_mib,
+            "cpu_ms": spec.limits.cpu_ms,
+            "payload_kib": spec.limits.payload_kib,
+            "inbox_depth": spec.limits.inbox_depth,
+            "handoffs_per_activation": spec.limits.handoffs_per_activation,
+            "deadline_ms": spec.limits.deadline_ms,
+            "concurrency": spec.limits.concurrency,
+        },
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let word = if verdict.admitted() {
+            "admitted"
+        } else {
+            "refused"
+        };
+        println!(
+            "agent `{id}` of {}: component {} {word} by policy `{}`",
+            mesh.file, spec.component, spec.policy
+        );
+        for r in &verdict.refused {
+            println!("  refused {}: {}", r.import, r.reason);
+        }
+        println!("imports: {}", verdict.imports.join(", "));
+        println!(
+            "reads: its namespace {}, the keys its delivered tasks point at{}",
+            crate::grants::namespace(id),
+            if spec.reads.is_empty() {
+                String::new()
+            } else {
+                format!(", and {}", spec.reads.join(", "))
+            }
+        );
+        println!(
+            "writes: {} only, through hand-off data and outcomes",
+            crate::grants::namespace(id)
+        );
+        if handoff.is_empty() {
+            println!("hands off to: nobody");
+        }
+        for h in &handoff {
+            println!(
+                "hands off to: {} ({}) -> {}",
+                h["target"].as_str().unwrap_or_default(),
+                h["kind"].as_str().unwrap_or_default(),
+                h["reaches"]
+            );
+        }
+    }
+    Ok(if verdict.admitted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

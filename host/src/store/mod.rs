@@ -10,7 +10,9 @@
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
+//! - `audit`: the hash-chained log of every handoff and read.
 
+mod audit;
 mod operator;
 mod queue;
 pub mod records;
@@ -25,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::manifest::hex;
 
+pub use audit::{AuditRecord, AuditVerdict};
 pub use queue::{Committed, NewHandoff, Refusal, fingerprint};
 pub use records::*;
 pub use streams::StreamRead;
@@ -52,6 +55,8 @@ const STREAMS: TableDefinition<&str, &str> = TableDefinition::new("streams");
 /// task id → [`Escalation`].
 const OPERATOR_INBOX: TableDefinition<&str, &str> = TableDefinition::new("operator_inbox");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// seq → [`AuditRecord`]: the hash-chained audit log.
+pub const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 /// A store operation failed; the operation changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +149,7 @@ impl Store {
             txn.open_table(STREAMS)?;
             txn.open_table(OPERATOR_INBOX)?;
             txn.open_table(COUNTERS)?;
+            txn.open_table(AUDIT)?;
         }
         txn.commit()?;
         Ok(Store { db, path })
@@ -193,6 +199,22 @@ impl Store {
         (1..=head)
             .filter_map(|v| self.read(key, Some(v)).transpose())
             .collect()
+    }
+
+    /// Every key on the blackboard that starts with `prefix`, in order.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let head = txn.open_table(BB_HEAD)?;
+        let mut keys = Vec::new();
+        for row in head.range(prefix..)? {
+            let (k, _) = row?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            keys.push(k.to_string());
+        }
+        Ok(keys)
     }
 
     /// Whether a task delivered to `agent` pointed at `key`.

@@ -434,6 +434,26 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
     };
     put_json(txn, TASKS, &tid, &task)?;
     put_json(txn, HANDOFFS, &hid, &handoff)?;
+    super::audit::append(
+        txn,
+        super::audit::AuditEvent {
+            event: "handoff",
+            agent: &handoff.from,
+            key: handoff.key.as_deref(),
+            task: Some(&tid),
+            detail: format!(
+                "{hid}: {} -> {} ({}{})",
+                handoff.from,
+                handoff.to,
+                handoff.pattern.name(),
+                if task.kind == Kind::Reply {
+                    ", reply"
+                } else {
+                    ""
+                }
+            ),
+        },
+    )?;
     if !waiting {
         make_ready(txn, &task)?;
     }

@@ -90,6 +90,16 @@ impl Store {
         meta.read = meta.read.max(after + 1);
         meta.first_read_at.get_or_insert(now_ms());
         put_json(&txn, STREAMS, key, &meta)?;
+        super::audit::append(
+            &txn,
+            super::audit::AuditEvent {
+                event: "read",
+                agent: reader,
+                key: Some(key),
+                task: Some(&meta.task),
+                detail: format!("stream chunk {}", entry.version),
+            },
+        )?;
         txn.commit()?;
         Ok(Ok(StreamRead::Chunk(entry)))
     }

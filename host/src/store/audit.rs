@@ -1,0 +1,184 @@
+//! The tamper-evident audit log: every handoff and every read of a key (granted or
+//! denied) is appended with the hash of the record before it, so editing, dropping or
+//! reordering any record breaks the chain at that record.
+//!
+//! `hash = sha256(prev-hash || record-without-hash as JSON)`; the first record's
+//! `prev` is 64 zeros.
+
+use redb::{ReadableDatabase as _, ReadableTable as _, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{AUDIT, Store, StoreError, now_ms};
+use crate::manifest::hex;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audited event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// Unix ms.
+    pub at: u64,
+    /// `handoff`, `read` or `denied`.
+    pub event: String,
+    /// The agent that acted.
+    pub agent: String,
+    /// The key handed off or read.
+    pub key: Option<String>,
+    /// The task concerned (the created task for a handoff, the reader's task for a read).
+    pub task: Option<String>,
+    /// What happened, for people: `researcher -> writer (blackboard)`, `version 3`.
+    pub detail: String,
+    /// The previous record's hash.
+    pub prev: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// What `audit_verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditVerdict {
+    /// Every record links to the one before and hashes to what it says.
+    Whole {
+        /// How many records.
+        records: u64,
+    },
+    /// The first record that does not.
+    Broken {
+        /// Its position.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// An event to append; the store fills in position, time and hashes.
+pub(super) struct AuditEvent<'a> {
+    pub event: &'a str,
+    pub agent: &'a str,
+    pub key: Option<&'a str>,
+    pub task: Option<&'a str>,
+    pub detail: String,
+}
+
+fn digest(record: &AuditRecord) -> String {
+    let mut unhashed = record.clone();
+    unhashed.hash = String::new();
+    let body = serde_json::to_vec(&unhashed).expect("audit records serialize");
+    let mut h = Sha256::new();
+    h.update(record.prev.as_bytes());
+    h.update(&body);
+    hex(&h.finalize())
+}
+
+/// Append `e` to the log inside `txn`.
+pub(super) fn append(txn: &WriteTransaction, e: AuditEvent<'_>) -> Result<(), StoreError> {
+    let mut table = txn.open_table(AUDIT)?;
+    let (seq, prev) = match table.last()? {
+        Some((k, v)) => {
+            let last: AuditRecord = super::decode("audit", v.value())?;
+            (k.value() + 1, last.hash)
+        }
+        None => (1, GENESIS.to_string()),
+    };
+    let mut record = AuditRecord {
+        seq,
+        at: now_ms(),
+        event: e.event.into(),
+        agent: e.agent.into(),
+        key: e.key.map(str::to_string),
+        task: e.task.map(str::to_string),
+        detail: e.detail,
+        prev,
+        hash: String::new(),
+    };
+    record.hash = digest(&record);
+    let json = serde_json::to_string(&record).expect("audit records serialize");
+    table.insert(seq, json.as_str())?;
+    Ok(())
+}
+
+impl Store {
+    /// Record that `agent`, handling `task`, read `key` (or was denied it).
+    pub fn audit_read(
+        &self,
+        agent: &str,
+        task: &str,
+        key: &str,
+        outcome: Result<u64, &str>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        let (event, detail) = match outcome {
+            Ok(version) => ("read", format!("version {version}")),
+            Err(why) => ("denied", why.to_string()),
+        };
+        append(
+            &txn,
+            AuditEvent {
+                event,
+                agent,
+                key: Some(key),
+                task: Some(task),
+                detail,
+            },
+        )?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every audit record, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        table
+            .iter()?
+            .map(|row| {
+                let (_, v) = row?;
+                super::decode("audit", v.value())
+            })
+            .collect()
+    }
+
+    /// Walk the chain and report the first record that is out of place or altered.
+    pub fn audit_verify(&self) -> Result<AuditVerdict, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut prev = GENESIS.to_string();
+        let mut expected = 1;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let seq = k.value();
+            let broken = |reason: String| Ok(AuditVerdict::Broken { seq, reason });
+            let record: AuditRecord = match serde_json::from_str(v.value()) {
+                Ok(r) => r,
+                Err(e) => return broken(format!("does not decode: {e}")),
+            };
+            if seq != expected || record.seq != seq {
+                return broken(format!(
+                    "expected record #{expected} here, found #{} stored at #{seq}",
+                    record.seq
+                ));
+            }
+            if record.prev != prev {
+                return broken(format!(
+                    "links to {}, but the record before hashes to {prev}",
+                    record.prev
+                ));
+            }
+            let actual = digest(&record);
+            if record.hash != actual {
+                return broken(format!(
+                    "its content hashes to {actual}, but it says {}",
+                    record.hash
+                ));
+            }
+            prev = record.hash;
+            expected += 1;
+        }
+        Ok(AuditVerdict::Whole {
+            records: expected - 1,
+        })
+    }
+}
