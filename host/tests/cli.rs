@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use redb::ReadableTable as _;
 use serde_json::Value;
 
 fn baton(args: &[&str]) -> Output {
@@ -548,4 +549,48 @@ fn check_explains_what_an_agent_of_a_mesh_can_reach() {
     let out = baton(&["check", "--mesh", s(&mesh), "--agent", "ghost"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no agent `ghost` in this mesh; agents: researcher, writer"));
+}
+
+#[test]
+fn audit_verify_exits_0_when_whole_and_1_naming_the_broken_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = baton(&["demo", "--state", s(&state)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = baton(&["audit", "verify", "--state", s(&state)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "audit log whole: 4 records"
+    );
+
+    // Tamper with record 2 behind the host's back.
+    {
+        let db = redb::Database::open(state.join(baton::store::STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(baton::store::AUDIT).unwrap();
+            let edited = t
+                .get(2)
+                .unwrap()
+                .unwrap()
+                .value()
+                .replace("researcher", "mallory");
+            t.insert(2, edited.as_str()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let out = baton(&["audit", "verify", "--state", s(&state), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["whole"], false);
+    assert_eq!(v["broken"], 2);
+    let out = baton(&["audit", "verify", "--state", s(&state)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: audit log broken at record #2: its content hashes to"),
+        "{}",
+        stderr(&out)
+    );
 }
