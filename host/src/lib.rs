@@ -14,9 +14,11 @@
 //! - [`store`]: the redb store: blackboard with version history, inboxes, tasks, handoffs.
 //! - [`runtime`]: the wasmtime engine, loading agents, activations and their limits.
 //! - [`report`]: the chain of a task, as JSON for machines and text for people.
-//! - [`demo`]: the zero-config researcher → writer mesh, embedded in the binary.
+//! - [`demo`]: the zero-config example meshes, one per pattern, embedded in the binary.
+//! - [`bench`]: `baton bench`, what isolation and durability cost.
 //! - [`cli`]: the `baton` command line.
 
+pub mod bench;
 pub mod bindings;
 pub mod cli;
 pub mod demo;

@@ -422,7 +422,10 @@ impl MeshView<'_> {
 
 /// The payload of a `push` handoff as the callee will get it: JSON, with the callee's
 /// `strip` fields removed, valid against its input schema.
-fn push_payload(data: Option<Vec<u8>>, callee: &AgentPolicy) -> Result<Vec<u8>, MeshError> {
+pub(crate) fn push_payload(
+    data: Option<Vec<u8>>,
+    callee: &AgentPolicy,
+) -> Result<Vec<u8>, MeshError> {
     let Some(data) = data else {
         return Err(invalid(
             "data",

@@ -201,6 +201,9 @@ pub enum SubmitError {
     /// The agent's inbox is full.
     #[error("{0}")]
     Full(String),
+    /// A push payload does not fit the callee's input schema.
+    #[error("--data: {0}")]
+    Invalid(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -347,6 +350,8 @@ impl Host {
 
         let mut agents = HashMap::new();
         let mut policies = HashMap::new();
+        // Agents often share a component (a pool of workers); compile each one once.
+        let mut compiled: HashMap<Vec<u8>, Component> = HashMap::new();
         for spec in &mesh.agents {
             let verdict =
                 policy::check(&spec.wasm, spec.policy).map_err(|reason| LoadError::Unreadable {
@@ -363,8 +368,16 @@ impl Host {
                     verdict: Box::new(verdict),
                 });
             }
-            let component = Component::new(&engine, &*spec.wasm)
-                .map_err(|e| link_err(&spec.id, &spec.component, e))?;
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&*spec.wasm).to_vec();
+            let component = match compiled.get(&digest) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Component::new(&engine, &*spec.wasm)
+                        .map_err(|e| link_err(&spec.id, &spec.component, e))?;
+                    compiled.insert(digest, c.clone());
+                    c
+                }
+            };
             let pre = linkers[&spec.policy]
                 .instantiate_pre(&component)
                 .and_then(AgentPre::new)
@@ -421,17 +434,51 @@ impl Host {
         data: Option<Vec<u8>>,
         params: Vec<Param>,
     ) -> Result<Committed, SubmitError> {
+        self.submit_with(to, summary, data, params, Pattern::Blackboard)
+    }
+
+    /// Submit work with a chosen pattern: `blackboard` or `push` to an agent, or `pull` to
+    /// `capability:<name>` (any target with that prefix is dispatched by pull).
+    pub fn submit_with(
+        &self,
+        to: &str,
+        summary: &str,
+        data: Option<Vec<u8>>,
+        params: Vec<Param>,
+        pattern: Pattern,
+    ) -> Result<Committed, SubmitError> {
         let inner = &self.inner;
-        let Some(agent) = inner.agents.get(to) else {
+        let shared = &inner.shared;
+        let unknown = || {
             let mut known: Vec<&str> = inner.agents.keys().map(String::as_str).collect();
             known.sort_unstable();
-            return Err(SubmitError::UnknownAgent {
+            SubmitError::UnknownAgent {
                 file: inner.file.clone(),
                 agent: to.to_string(),
                 known: known.join(", "),
-            });
+            }
         };
-        let limits = &agent.policy.limits;
+        let (callee, pattern, inbox_depth) = match to.strip_prefix(CAPABILITY) {
+            Some(cap) => {
+                let first = *shared.workers(cap).first().ok_or_else(unknown)?;
+                (
+                    &inner.agents[first].policy,
+                    Pattern::Pull,
+                    shared.queue_depth,
+                )
+            }
+            None => {
+                let callee = &inner.agents.get(to).ok_or_else(unknown)?.policy;
+                (callee, pattern, callee.limits.inbox_depth)
+            }
+        };
+        if pattern == Pattern::Stream {
+            return Err(SubmitError::Invalid(
+                "the operator cannot open a stream; hand the data to an agent that streams it"
+                    .into(),
+            ));
+        }
+        let limits = &callee.limits;
         let max = limits.payload_kib * 1024;
         if let Some(d) = &data
             && d.len() as u64 > max
@@ -442,7 +489,14 @@ impl Host {
                 max,
             });
         }
-        let committed = inner.shared.store.hand_off(NewHandoff {
+        let data = match pattern {
+            Pattern::Push => Some(
+                crate::mesh::push_payload(data, callee)
+                    .map_err(|e| SubmitError::Invalid(crate::mesh::describe(&e)))?,
+            ),
+            _ => data,
+        };
+        let committed = shared.store.hand_off(NewHandoff {
             from: OPERATOR.to_string(),
             parent: None,
             to: to.to_string(),
@@ -452,16 +506,16 @@ impl Host {
             completed: Vec::new(),
             outstanding: Vec::new(),
             params,
-            pattern: Pattern::Blackboard,
+            pattern,
             data,
             deadline_ms: limits.deadline_ms,
             fallback: Fallback::None,
             reply: false,
             in_reply_to: None,
             pointer: None,
-            inbox_depth: limits.inbox_depth,
+            inbox_depth,
         })?;
-        inner.shared.wake();
+        shared.wake();
         committed.map_err(|r: Refusal| SubmitError::Full(r.to_string()))
     }
 
@@ -567,52 +621,7 @@ impl Host {
         let limits = &loaded.policy.limits;
         let stdout = MemoryOutputPipe::new(LOG_CAPACITY);
         let stderr = MemoryOutputPipe::new(LOG_CAPACITY);
-        // Deny by default: no environment, no arguments, no preopened directory; sockets
-        // are refused by address and by kind, should a `virtualized` agent try one.
-        let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(Vec::<u8>::new()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let memory = usize::try_from(limits.memory_mib * 1024 * 1024).unwrap_or(usize::MAX);
-        let mut wstore = WasmStore::new(
-            &inner.engine,
-            Activation {
-                mesh: MeshCtx {
-                    agent: loaded.policy.clone(),
-                    shared: shared.clone(),
-                    task: task.clone(),
-                    handoffs: 0,
-                    streams: Vec::new(),
-                    log: Vec::new(),
-                },
-                wasi,
-                table: ResourceTable::new(),
-                limits: Limiter {
-                    max_memory: memory,
-                    mib: limits.memory_mib,
-                },
-                ticks: 0,
-            },
-        );
-        wstore.limiter(|a| &mut a.limits);
-        // Every tick spent in wasm is charged to the CPU budget; between ticks the guest
-        // yields, so other activations and the wall-clock deadline get their turn.
-        let cpu_ms = limits.cpu_ms;
-        let budget = cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
-        wstore.set_epoch_deadline(1);
-        wstore.epoch_deadline_callback(move |mut ctx| {
-            let a = ctx.data_mut();
-            a.ticks += 1;
-            if a.ticks >= budget {
-                Err(wasmtime::Error::new(CpuLimit(cpu_ms)))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        let mut wstore = self.new_store(loaded, &task, stdout.clone(), stderr.clone());
 
         let run = async {
             let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
@@ -660,6 +669,99 @@ impl Host {
             ),
             Ok(Err(e)) => fail(FailureKind::Trap, &trap_reason(&e)),
         }
+    }
+
+    /// A fresh wasmtime store for one activation of `loaded` with `task`: deny-by-default
+    /// WASI, the agent's memory cap, and its CPU meter.
+    fn new_store(
+        &self,
+        loaded: &Loaded,
+        task: &TaskRecord,
+        stdout: MemoryOutputPipe,
+        stderr: MemoryOutputPipe,
+    ) -> WasmStore<Activation> {
+        let limits = &loaded.policy.limits;
+        // Deny by default: no environment, no arguments, no preopened directory; sockets
+        // are refused by address and by kind, should a `virtualized` agent try one.
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(Vec::<u8>::new()))
+            .stdout(stdout)
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let memory = usize::try_from(limits.memory_mib * 1024 * 1024).unwrap_or(usize::MAX);
+        let mut wstore = WasmStore::new(
+            &self.inner.engine,
+            Activation {
+                mesh: MeshCtx {
+                    agent: loaded.policy.clone(),
+                    shared: self.inner.shared.clone(),
+                    task: task.clone(),
+                    handoffs: 0,
+                    streams: Vec::new(),
+                    log: Vec::new(),
+                },
+                wasi,
+                table: ResourceTable::new(),
+                limits: Limiter {
+                    max_memory: memory,
+                    mib: limits.memory_mib,
+                },
+                ticks: 0,
+            },
+        );
+        wstore.limiter(|a| &mut a.limits);
+        // Every tick spent in wasm is charged to the CPU budget; between ticks the guest
+        // yields, so other activations and the wall-clock deadline get their turn.
+        let cpu_ms = limits.cpu_ms;
+        let budget = cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
+        wstore.set_epoch_deadline(1);
+        wstore.epoch_deadline_callback(move |mut ctx| {
+            let a = ctx.data_mut();
+            a.ticks += 1;
+            if a.ticks >= budget {
+                Err(wasmtime::Error::new(CpuLimit(cpu_ms)))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        wstore
+    }
+
+    /// Time `runs` bare activations of `agent` with `task`: a fresh store, instantiation
+    /// from the pre-linked component, and the `handle` call, with nothing stored. For
+    /// `baton bench`.
+    pub async fn time_activations(
+        &self,
+        agent: &str,
+        task: &TaskRecord,
+        runs: usize,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let loaded = self
+            .inner
+            .agents
+            .get(agent)
+            .ok_or_else(|| anyhow::anyhow!("no agent `{agent}`"))?;
+        let wit_task = task_to_wit(task);
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            let mut wstore = self.new_store(
+                loaded,
+                task,
+                MemoryOutputPipe::new(LOG_CAPACITY),
+                MemoryOutputPipe::new(LOG_CAPACITY),
+            );
+            let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
+            agent
+                .call_handle(&mut wstore, &wit_task)
+                .await?
+                .map_err(|e| anyhow::anyhow!("the agent failed: {e}"))?;
+            times.push(started.elapsed());
+        }
+        Ok(times)
     }
 
     /// Append what an activation printed, and what the host refused it, to its log.

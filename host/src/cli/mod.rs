@@ -88,6 +88,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure activation, handoffs, loading and memory (medians and p99).
+    Bench {
+        /// A short run, to prove the benchmark works (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read the blackboard.
     Bb {
         #[command(subcommand)]
@@ -244,6 +253,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .context("the submitted task vanished from the store")
             })??;
             Ok(print_report(&report, json))
+        }
+        Command::Bench { quick, json } => {
+            let dir = tempfile::tempdir().context("cannot create a scratch directory")?;
+            let report = block_on(crate::bench::run(dir.path(), quick))??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::bench::to_text(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check {
             file,

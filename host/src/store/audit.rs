@@ -109,7 +109,7 @@ impl Store {
         key: &str,
         outcome: Result<u64, &str>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_lazy()?;
         let (event, detail) = match outcome {
             Ok(version) => ("read", format!("version {version}")),
             Err(why) => ("denied", why.to_string()),

@@ -84,7 +84,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 #[derive(Serialize, Deserialize)]
@@ -158,6 +159,17 @@ impl Store {
     /// The redb file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A write transaction whose commit is not synced to disk by itself: it becomes
+    /// durable with the next immediate commit. Only for writes whose loss in a crash is
+    /// safe because they are redone: a claim (the task is then still pending and is
+    /// redelivered) or a read's audit record (the redelivered task reads, and is audited,
+    /// again). Acknowledgements (handoffs, completions, failures) always commit immediately.
+    fn begin_lazy(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        Ok(txn)
     }
 
     /// One version of `key` (the newest when `version` is `None`).

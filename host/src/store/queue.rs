@@ -114,7 +114,7 @@ impl Store {
         mut pick: impl FnMut(&str, &[&str]) -> Option<String>,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_lazy()?;
         let task = {
             let ready = txn.open_table(READY)?;
             let mut refused: Vec<String> = Vec::new();
@@ -166,7 +166,7 @@ impl Store {
     /// Claim up to `max` pending tasks from `agent`'s inbox (for `check-inbox`).
     pub fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_lazy()?;
         let mut claimed = Vec::new();
         {
             let entries: Vec<(u64, String)> = txn

@@ -56,7 +56,7 @@ impl Store {
     pub fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError> {
         let mut closed = 0;
         for h in handoffs {
-            if matches!(self.stream_close(writer, h)?, Ok(_)) {
+            if self.stream_close(writer, h)?.is_ok() {
                 closed += 1;
             }
         }
@@ -66,7 +66,7 @@ impl Store {
     /// Read the chunk after version `after` of the stream at `key`, for `reader`, and
     /// note the read (the first read's time is what a stream's report shows).
     pub fn stream_read(&self, reader: &str, key: &str, after: u64) -> Outcome<StreamRead> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_lazy()?;
         let Some(mut meta) = try_get_json::<StreamMeta>(&txn, STREAMS, key)? else {
             return Ok(Err(Refusal::NotFound(format!("no stream at `{key}`"))));
         };
