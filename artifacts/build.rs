@@ -39,6 +39,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("deep", "deep.wasm"),
     ("flood", "flood.wasm"),
     ("bloat", "bloat.wasm"),
+    ("fetcher", "fetcher.wasm"),
 ];
 
 fn main() {

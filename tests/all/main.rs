@@ -2,7 +2,11 @@
 //! built from `plugins/` by `baton-artifacts`. One test binary, so wasmtime links once.
 
 mod common;
+mod http_fixture;
 
+mod cred_echo_redacted;
+mod cred_guest_header;
+mod cred_injection;
 mod cycles;
 mod fallback;
 mod fan_out;
@@ -16,9 +20,12 @@ mod limits_memory;
 mod limits_payload;
 mod limits_stack;
 mod manifest_errors;
+mod outbound_denied;
+mod outbound_private;
 mod pattern_pull;
 mod pattern_push;
 mod pattern_stream;
 mod pipeline;
 mod restart;
 mod routing;
+mod vault_missing;

@@ -15,6 +15,7 @@ use crate::policy::{self, Policy};
 use crate::report::{EntryView, Report};
 use crate::runtime::{DEFAULT_WORKERS, Host};
 use crate::store::{Param, ParamValue, STORE_FILE, Store};
+use crate::vault::Vault;
 
 /// Run AI agents as sandboxed WebAssembly components with secure, audited handoffs.
 #[derive(Debug, Parser)]
@@ -65,6 +66,10 @@ enum Command {
         /// State directory (created if missing).
         #[arg(long, default_value = ".baton")]
         state: PathBuf,
+        /// Secrets for outbound rules: a TOML file of `name = "value"`, kept outside the
+        /// mesh folder. `BATON_SECRET_<NAME>` environment variables add to it and win.
+        #[arg(long, value_name = "FILE")]
+        vault: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -190,8 +195,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             params,
             workers,
             state,
+            vault,
             json,
         } => {
+            let vault = match vault {
+                Some(file) => Vault::load(&file)?,
+                None => Vault::empty(),
+            }
+            .with_env();
             let data = data
                 .map(|d| {
                     serde_json::from_str::<serde_json::Value>(&d)
@@ -205,7 +216,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<_>>()?;
             let mesh = Mesh::load(&mesh)?;
             let report = block_on(async {
-                let host = Host::load(&mesh, &state)?.with_workers(workers);
+                let host = Host::load_with(&mesh, &state, &vault)?.with_workers(workers);
                 let submitted = host.submit(&to, &summary, data, params)?;
                 host.run_until_idle().await?;
                 Report::for_task(host.store(), &submitted.task)?
