@@ -68,6 +68,11 @@ headers = {{ Authorization = "Bearer {{secret:example}}" }}
     )
     .await;
     assert_eq!(again["status"], 200, "{again}");
+    let post = &server.received()[1];
+    assert_eq!(
+        (post.method.as_str(), post.body.as_slice()),
+        ("POST", &b"hello"[..])
+    );
     assert_demo_chain_completes(&host).await;
 
     // Nothing in the store: every task's outcome (and its history), every handoff key.
