@@ -119,7 +119,7 @@ impl Vault {
             let toml::Value::String(value) = value else {
                 return Err(entry("must be a string (`name = \"value\"`)"));
             };
-            check_value(&value).map_err(|m| entry(m))?;
+            check_value(&value).map_err(entry)?;
             vault.file.insert(name, Secret(value));
         }
         Ok(vault)

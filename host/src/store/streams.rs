@@ -56,7 +56,7 @@ impl Store {
     pub fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError> {
         let mut closed = 0;
         for h in handoffs {
-            if matches!(self.stream_close(writer, h)?, Ok(_)) {
+            if self.stream_close(writer, h)?.is_ok() {
                 closed += 1;
             }
         }
