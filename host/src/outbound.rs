@@ -689,15 +689,9 @@ impl Redactor {
         let mut i = 0;
         'scan: while i < buf.len() {
             let rest = &buf[i..];
-            for s in &self.secrets {
-                if rest.starts_with(s) {
-                    out.extend_from_slice(REDACTED);
-                    i += s.len();
-                    continue 'scan;
-                }
-            }
-            // A secret may start here and finish in the next chunk: wait for it. Longer
-            // secrets come first, so a full match of a shorter one is not taken early.
+            // A secret may start here and finish in the next chunk: wait for it, before
+            // taking a shorter secret that matches in full (it may be a prefix of the
+            // longer one, whose tail would then slip through).
             if !end
                 && self
                     .secrets
@@ -706,6 +700,14 @@ impl Redactor {
             {
                 *carry = rest.to_vec();
                 return out;
+            }
+            // Longest first, so the longest match wins.
+            for s in &self.secrets {
+                if rest.starts_with(s) {
+                    out.extend_from_slice(REDACTED);
+                    i += s.len();
+                    continue 'scan;
+                }
             }
             out.push(buf[i]);
             i += 1;

@@ -266,7 +266,7 @@ fn bad_input_is_named_and_changes_nothing() {
     assert_eq!(
         stderr(&out).trim(),
         format!(
-            "error: {}: agent `researcher`: field `colour`: unknown field `colour`, expected one of `id`, `component`, `sha256`, `policy`, `reads`, `handoff`, `capabilities`, `input_schema`, `strip`, `limits`",
+            "error: {}: agent `researcher`: field `colour`: unknown field `colour`, expected one of `id`, `component`, `sha256`, `policy`, `reads`, `handoff`, `capabilities`, `input_schema`, `strip`, `limits`, `outbound`",
             s(&bad)
         )
     );
