@@ -41,6 +41,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("bloat", "bloat.wasm"),
     ("env_probe", "env_probe.wasm"),
     ("escape_probe", "escape_probe.wasm"),
+    ("fetcher", "fetcher.wasm"),
 ];
 
 fn main() {

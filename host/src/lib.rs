@@ -10,6 +10,9 @@
 //! - [`manifest`]: `mesh.toml`, strictly parsed; every error names file, agent and field.
 //! - [`policy`]: which imports a component may have, checked before it is compiled.
 //! - [`grants`]: which blackboard keys an agent may read.
+//! - [`vault`]: the operator's secrets, by name; never shown, never handed to a guest.
+//! - [`outbound`]: the HTTP an agent may send, the credentials the host attaches to it,
+//!   and the redaction of secrets from responses.
 //! - [`mesh`]: the host side of `baton:agent/mesh` (hand-off, check-inbox, read-blackboard).
 //! - [`store`]: the redb store: blackboard with version history, inboxes, tasks, handoffs.
 //! - [`runtime`]: the wasmtime engine, loading agents, activations and their limits.
@@ -25,10 +28,12 @@ pub mod demo;
 pub mod grants;
 pub mod manifest;
 pub mod mesh;
+pub mod outbound;
 pub mod policy;
 pub mod report;
 pub mod runtime;
 pub mod store;
+pub mod vault;
 
 pub use manifest::{AgentSpec, Limits, ManifestError, Mesh};
 pub use policy::{Policy, Verdict};
@@ -36,3 +41,4 @@ pub use report::Report;
 
 pub use runtime::{Host, LoadError, SubmitError};
 pub use store::{EntryRecord, Store, StoreError, TaskRecord};
+pub use vault::{Vault, VaultError};

@@ -17,6 +17,12 @@
 //! [agent.limits]
 //! memory_mib = 64
 //!
+//! [[agent.outbound]]            # HTTP it may send; none at all by default
+//! scheme = "https"              # default https
+//! host = "api.example.com"      # a name (public addresses only) or a literal IP
+//! path_prefix = "/v1/"          # default "/"
+//! headers = { Authorization = "Bearer {secret:example}" }  # injected by the host
+//!
 //! [[route]]                     # conditional routing: hand off to `route:by-lang`
 //! id = "by-lang"
 //! rules = [
@@ -33,6 +39,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::outbound::OutboundRule;
 use crate::policy::Policy;
 use crate::store::{Kind, Param, ParamValue};
 
@@ -121,6 +128,8 @@ struct RawAgent {
     strip: Vec<String>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    outbound: Vec<OutboundRule>,
 }
 
 /// A rule of a conditional route: when it matches, the handoff goes to `to`.
@@ -208,6 +217,9 @@ pub struct AgentSpec {
     pub strip: Vec<String>,
     /// Its limits.
     pub limits: Limits,
+    /// The HTTP requests it may send, and the headers the host injects into them. Empty:
+    /// no `wasi:http` at all.
+    pub outbound: Vec<OutboundRule>,
 }
 
 impl AgentSpec {
@@ -224,6 +236,7 @@ impl AgentSpec {
             input_schema: None,
             strip: Vec::new(),
             limits: Limits::default(),
+            outbound: Vec::new(),
         }
     }
 }
@@ -351,6 +364,12 @@ impl Mesh {
                 .transpose()
                 .map_err(|m| here("input_schema", m))?;
 
+            let mut outbound = a.outbound;
+            for (i, rule) in outbound.iter_mut().enumerate() {
+                rule.check()
+                    .map_err(|(f, m)| here(&format!("outbound[{i}].{f}"), m))?;
+            }
+
             let wasm = read(&a.component).map_err(|m| here("component", m))?;
             if let Some(pin) = &a.sha256 {
                 let actual = hex(&Sha256::digest(&wasm));
@@ -375,6 +394,7 @@ impl Mesh {
                 input_schema,
                 strip: a.strip,
                 limits: a.limits,
+                outbound,
             });
         }
 

@@ -49,6 +49,17 @@ pub const VIRTUALIZED_WASI: &[&str] = &[
     "wasi:sockets/ip-name-lookup",
 ];
 
+/// The `wasi:http` interfaces an agent with outbound rules may import: the host sends
+/// every request itself, under the agent's rules (see [`crate::outbound`]).
+pub const OUTBOUND_HTTP: &[&str] = &["wasi:http/outgoing-handler", "wasi:http/types"];
+
+/// What an agent's manifest grants beyond its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Granted {
+    /// It has outbound rules, so it may import [`OUTBOUND_HTTP`].
+    pub http: bool,
+}
+
 /// The WASI version family the host links (wasmtime 48 implements 0.2.x).
 const WASI_VERSION_PREFIX: &str = "0.2.";
 
@@ -82,10 +93,21 @@ impl Policy {
 
     /// Why `import` is refused under this policy, or `None` when it is admitted.
     pub fn refuse(self, import: &str) -> Option<String> {
+        self.refuse_granted(import, Granted::default())
+    }
+
+    /// [`Policy::refuse`], for an agent whose manifest grants `granted` too.
+    pub fn refuse_granted(self, import: &str, granted: Granted) -> Option<String> {
         let (path, version) = match import.split_once('@') {
             Some((p, v)) => (p, Some(v)),
             None => (import, None),
         };
+        if granted.http
+            && OUTBOUND_HTTP.contains(&path)
+            && version.is_some_and(|v| v.starts_with(WASI_VERSION_PREFIX))
+        {
+            return None;
+        }
         if path.starts_with(BATON_PACKAGE) {
             return match version {
                 Some(BATON_VERSION) => None,
@@ -239,11 +261,20 @@ pub fn imports(bytes: &[u8]) -> Result<Vec<String>, Unreadable> {
 
 /// Judge a component's bytes under `policy`.
 pub fn check(bytes: &[u8], policy: Policy) -> Result<Verdict, Unreadable> {
+    check_granted(bytes, policy, Granted::default())
+}
+
+/// Judge a component's bytes under `policy` plus what its manifest `granted`.
+pub fn check_granted(
+    bytes: &[u8],
+    policy: Policy,
+    granted: Granted,
+) -> Result<Verdict, Unreadable> {
     let imports = imports(bytes)?;
     let refused = imports
         .iter()
         .filter_map(|i| {
-            policy.refuse(i).map(|reason| Refusal {
+            policy.refuse_granted(i, granted).map(|reason| Refusal {
                 import: i.clone(),
                 reason,
             })
@@ -285,6 +316,24 @@ mod tests {
         assert_eq!(v.refuse("wasi:sockets/tcp@0.2.6"), None);
         assert!(v.refuse("wasi:http/outgoing-handler@0.2.6").is_some());
         assert!(v.refuse("evil:backdoor/exfil").is_some());
+    }
+
+    #[test]
+    fn outbound_rules_admit_the_two_http_interfaces_only() {
+        let http = Granted { http: true };
+        let d = Policy::Default;
+        assert!(d.refuse("wasi:http/outgoing-handler@0.2.4").is_some());
+        assert_eq!(
+            d.refuse_granted("wasi:http/outgoing-handler@0.2.4", http),
+            None
+        );
+        assert_eq!(d.refuse_granted("wasi:http/types@0.2.12", http), None);
+        assert!(
+            d.refuse_granted("wasi:http/incoming-handler@0.2.4", http)
+                .is_some()
+        );
+        assert!(d.refuse_granted("wasi:http/types@0.3.0", http).is_some());
+        assert!(d.refuse_granted("wasi:sockets/tcp@0.2.4", http).is_some());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! inert WASI base (empty environment and stdin, stdout and stderr captured into the
 //! agent's log, clocks, random); the `strict` linker offers `mesh` alone; the `virtualized`
 //! linker adds filesystem and sockets over a context with no preopened directory and no
-//! network, so they link but reach nothing.
+//! network, so they link but reach nothing. An agent whose manifest has outbound rules
+//! gets its policy's linker plus `wasi:http`, whose every request the host sends itself
+//! under those rules (see [`crate::outbound`]); no other agent is linked to HTTP.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -30,11 +32,13 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::{Agent, AgentPre};
 use crate::manifest::{CAPABILITY, ManifestError, Mesh, OPERATOR};
 use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
-use crate::policy::{self, Policy, Verdict};
+use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
+use crate::policy::{self, Granted, Policy, Verdict};
 use crate::store::{
     Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern, Refusal, Store, StoreError,
     TaskRecord, now_ms,
 };
+use crate::vault::Vault;
 
 /// How often the epoch advances; CPU limits are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -217,6 +221,20 @@ pub struct Activation {
     limits: Limiter,
     /// Epoch ticks spent running wasm: the CPU meter.
     ticks: u64,
+    /// `wasi:http` state; linked only for agents with outbound rules.
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    /// Sends the agent's requests under its rules.
+    outbound: Outbound,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Activation {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
 }
 
 impl WasiView for Activation {
@@ -237,6 +255,7 @@ impl wasmtime_wasi_io::IoView for Activation {
 struct Loaded {
     pre: AgentPre<Activation>,
     policy: Arc<AgentPolicy>,
+    outbound: Arc<AgentOutbound>,
 }
 
 /// Advances the engine's epoch until dropped.
@@ -331,9 +350,23 @@ fn linker(engine: &Engine, policy: Policy) -> wasmtime::Result<Linker<Activation
     Ok(l)
 }
 
+/// The linker of an agent with outbound rules: its policy's, plus `wasi:http`.
+fn http_linker(engine: &Engine, policy: Policy) -> wasmtime::Result<Linker<Activation>> {
+    let mut l = linker(engine, policy)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
+    Ok(l)
+}
+
 impl Host {
     /// Check, compile and pre-link every agent of `mesh`, and open the store in `state`.
+    /// The vault is empty: a mesh whose rules name a secret needs [`Host::load_with`].
     pub fn load(mesh: &Mesh, state: &Path) -> Result<Host, LoadError> {
+        Host::load_with(mesh, state, &Vault::empty())
+    }
+
+    /// [`Host::load`], with the operator's secrets: every secret the outbound rules name
+    /// must be in `vault`, or nothing loads.
+    pub fn load_with(mesh: &Mesh, state: &Path, vault: &Vault) -> Result<Host, LoadError> {
         let engine = engine()?;
         let link_err = |agent: &str, component: &str, e: wasmtime::Error| LoadError::Link {
             file: mesh.file.clone(),
@@ -348,17 +381,32 @@ impl Host {
                 .collect::<wasmtime::Result<_>>()
                 .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
+        let mut http_linkers: HashMap<Policy, Linker<Activation>> = HashMap::new();
+        let redactor = Arc::new(Redactor::new(vault));
+
         let mut agents = HashMap::new();
         let mut policies = HashMap::new();
         // Agents often share a component (a pool of workers); compile each one once.
         let mut compiled: HashMap<Vec<u8>, Component> = HashMap::new();
         for spec in &mesh.agents {
-            let verdict =
-                policy::check(&spec.wasm, spec.policy).map_err(|reason| LoadError::Unreadable {
+            let outbound = AgentOutbound::new(&spec.id, &spec.outbound, vault, redactor.clone())
+                .map_err(|(i, (field, message))| ManifestError {
                     file: mesh.file.clone(),
-                    agent: spec.id.clone(),
-                    component: spec.component.clone(),
-                    reason,
+                    agent: Some(spec.id.clone()),
+                    field: Some(format!("outbound[{i}].{field}")),
+                    message,
+                })?;
+            let granted = Granted {
+                http: !spec.outbound.is_empty(),
+            };
+            let verdict =
+                policy::check_granted(&spec.wasm, spec.policy, granted).map_err(|reason| {
+                    LoadError::Unreadable {
+                        file: mesh.file.clone(),
+                        agent: spec.id.clone(),
+                        component: spec.component.clone(),
+                        reason,
+                    }
                 })?;
             if !verdict.admitted() {
                 return Err(LoadError::Refused {
@@ -378,7 +426,18 @@ impl Host {
                     c
                 }
             };
-            let pre = linkers[&spec.policy]
+            let linker = if granted.http {
+                match http_linkers.entry(spec.policy) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                        http_linker(&engine, spec.policy)
+                            .map_err(|e| LoadError::Engine(format!("{e:#}")))?,
+                    ),
+                }
+            } else {
+                &linkers[&spec.policy]
+            };
+            let pre = linker
                 .instantiate_pre(&component)
                 .and_then(AgentPre::new)
                 .map_err(|e| link_err(&spec.id, &spec.component, e))?;
@@ -389,7 +448,14 @@ impl Host {
                 message,
             })?);
             policies.insert(spec.id.clone(), policy.clone());
-            agents.insert(spec.id.clone(), Loaded { pre, policy });
+            agents.insert(
+                spec.id.clone(),
+                Loaded {
+                    pre,
+                    policy,
+                    outbound: Arc::new(outbound),
+                },
+            );
         }
 
         let store = Arc::new(Store::open(state)?);
@@ -621,7 +687,14 @@ impl Host {
         let limits = &loaded.policy.limits;
         let stdout = MemoryOutputPipe::new(LOG_CAPACITY);
         let stderr = MemoryOutputPipe::new(LOG_CAPACITY);
-        let mut wstore = self.new_store(loaded, &task, stdout.clone(), stderr.clone());
+        let outbound_log = OutboundLog::default();
+        let mut wstore = self.new_store(
+            loaded,
+            &task,
+            stdout.clone(),
+            stderr.clone(),
+            outbound_log.clone(),
+        );
 
         let run = async {
             let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
@@ -630,7 +703,8 @@ impl Host {
         let result = tokio::time::timeout(Duration::from_millis(left), run).await;
 
         let ctx = &mut wstore.data_mut().mesh;
-        let refusals = std::mem::take(&mut ctx.log);
+        let mut refusals = std::mem::take(&mut ctx.log);
+        refusals.append(&mut outbound_log.lock().unwrap_or_else(|e| e.into_inner()));
         let streams = std::mem::take(&mut ctx.streams);
         // A reader must not wait on a writer that is gone.
         store.close_streams_of(&agent_id, &streams)?;
@@ -679,6 +753,7 @@ impl Host {
         task: &TaskRecord,
         stdout: MemoryOutputPipe,
         stderr: MemoryOutputPipe,
+        outbound_log: OutboundLog,
     ) -> WasmStore<Activation> {
         let limits = &loaded.policy.limits;
         // Deny by default: no environment, no arguments, no preopened directory; sockets
@@ -710,6 +785,8 @@ impl Host {
                     mib: limits.memory_mib,
                 },
                 ticks: 0,
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                outbound: Outbound::new(loaded.outbound.clone(), outbound_log),
             },
         );
         wstore.limiter(|a| &mut a.limits);
@@ -753,6 +830,7 @@ impl Host {
                 task,
                 MemoryOutputPipe::new(LOG_CAPACITY),
                 MemoryOutputPipe::new(LOG_CAPACITY),
+                OutboundLog::default(),
             );
             let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
             agent

@@ -267,7 +267,7 @@ fn bad_input_is_named_and_changes_nothing() {
     assert_eq!(
         stderr(&out).trim(),
         format!(
-            "error: {}: agent `researcher`: field `colour`: unknown field `colour`, expected one of `id`, `component`, `sha256`, `policy`, `reads`, `handoff`, `capabilities`, `input_schema`, `strip`, `limits`",
+            "error: {}: agent `researcher`: field `colour`: unknown field `colour`, expected one of `id`, `component`, `sha256`, `policy`, `reads`, `handoff`, `capabilities`, `input_schema`, `strip`, `limits`, `outbound`",
             s(&bad)
         )
     );
@@ -593,4 +593,59 @@ fn audit_verify_exits_0_when_whole_and_1_naming_the_broken_record() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn run_takes_secrets_from_a_vault_file_or_the_environment_and_never_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = write_mesh(
+        dir.path(),
+        &format!(
+            "{MESH}\n[[agent.outbound]]\nhost = \"api.example.com\"\n\
+             headers = {{ Authorization = \"Bearer {{secret:example}}\" }}\n"
+        ),
+    );
+    let vault = dir.path().join("vault.toml");
+    let state = dir.path().join("state");
+    let run = |extra: &[&str], env: Option<&str>| {
+        let mut args = vec![
+            "run",
+            "--mesh",
+            s(&mesh),
+            "--to",
+            "researcher",
+            "--summary",
+            "look into kelp",
+            "--state",
+            s(&state),
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+        cmd.args(&args)
+            .env_remove("BATON_LOG")
+            .env_remove("BATON_SECRET_EXAMPLE");
+        if let Some(value) = env {
+            cmd.env("BATON_SECRET_EXAMPLE", value);
+        }
+        cmd.output().expect("run baton")
+    };
+
+    std::fs::write(&vault, "other = \"sk-other-value-1234\"\n").unwrap();
+    let out = run(&["--vault", s(&vault)], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("agent `writer`: field `outbound[0].headers.Authorization`: secret `example` is not in the vault"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-other-value-1234"), "{err}");
+    assert!(!state.exists(), "a refused mesh must not create state");
+
+    std::fs::write(&vault, "example = \"sk-file-value-1234\"\n").unwrap();
+    let out = run(&["--vault", s(&vault)], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&[], Some("sk-env-value-1234"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!all.contains("sk-env-value"), "{all}");
 }

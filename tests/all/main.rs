@@ -2,8 +2,12 @@
 //! built from `plugins/` by `baton-artifacts`. One test binary, so wasmtime links once.
 
 mod common;
+mod http_fixture;
 
 mod audit_log;
+mod cred_echo_redacted;
+mod cred_guest_header;
+mod cred_injection;
 mod cycles;
 mod fallback;
 mod fan_out;
@@ -17,6 +21,8 @@ mod limits_memory;
 mod limits_payload;
 mod limits_stack;
 mod manifest_errors;
+mod outbound_denied;
+mod outbound_private;
 mod pattern_pull;
 mod pattern_push;
 mod pattern_stream;
@@ -28,3 +34,4 @@ mod redteam_namespace;
 mod redteam_swap;
 mod restart;
 mod routing;
+mod vault_missing;

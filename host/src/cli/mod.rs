@@ -15,6 +15,7 @@ use crate::policy::{self, Policy};
 use crate::report::{EntryView, Report};
 use crate::runtime::{DEFAULT_WORKERS, Host};
 use crate::store::{AuditVerdict, Param, ParamValue, STORE_FILE, Store};
+use crate::vault::Vault;
 
 /// Run AI agents as sandboxed WebAssembly components with secure, audited handoffs.
 #[derive(Debug, Parser)]
@@ -65,6 +66,10 @@ enum Command {
         /// State directory (created if missing).
         #[arg(long, default_value = ".baton")]
         state: PathBuf,
+        /// Secrets for outbound rules: a TOML file of `name = "value"`, kept outside the
+        /// mesh folder. `BATON_SECRET_<NAME>` environment variables add to it and win.
+        #[arg(long, value_name = "FILE")]
+        vault: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -231,8 +236,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             params,
             workers,
             state,
+            vault,
             json,
         } => {
+            let vault = match vault {
+                Some(file) => Vault::load(&file)?,
+                None => Vault::empty(),
+            }
+            .with_env();
             let data = data
                 .map(|d| {
                     serde_json::from_str::<serde_json::Value>(&d)
@@ -246,7 +257,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<_>>()?;
             let mesh = Mesh::load(&mesh)?;
             let report = block_on(async {
-                let host = Host::load(&mesh, &state)?.with_workers(workers);
+                let host = Host::load_with(&mesh, &state, &vault)?.with_workers(workers);
                 let submitted = host.submit(&to, &summary, data, params)?;
                 host.run_until_idle().await?;
                 Report::for_task(host.store(), &submitted.task)?
@@ -495,13 +506,30 @@ fn explain(mesh_file: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
             mesh.ids().join(", ")
         );
     };
-    let verdict = policy::check(&spec.wasm, spec.policy).map_err(|e| {
+    let granted = policy::Granted {
+        http: !spec.outbound.is_empty(),
+    };
+    let verdict = policy::check_granted(&spec.wasm, spec.policy, granted).map_err(|e| {
         anyhow::anyhow!(
             "{}: agent `{id}`: component `{}` is {e}",
             mesh.file,
             spec.component
         )
     })?;
+    // Rules as written: header templates name secrets (`{secret:name}`), never values.
+    let outbound: Vec<serde_json::Value> = spec
+        .outbound
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "scheme": format!("{:?}", r.scheme).to_lowercase(),
+                "host": r.host,
+                "port": r.port,
+                "path_prefix": r.path_prefix,
+                "headers": r.headers,
+            })
+        })
+        .collect();
     let handoff: Vec<serde_json::Value> = spec
         .handoff
         .iter()
@@ -543,6 +571,7 @@ fn explain(mesh_file: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
         },
         "writes": format!("{} (through hand-off data and outcomes only)", crate::grants::namespace(id)),
         "handoff": handoff,
+        "outbound": outbound,
         "capabilities": spec.capabilities,
         "limits": {
             "memory_mib": spec.limits.memory_mib,
