@@ -530,23 +530,19 @@ impl Host for MeshView<'_> {
     }
 
     async fn check_inbox(&mut self, max: u32, wait_ms: u32) -> wasmtime::Result<Vec<wit::Task>> {
-        let bound = self.ctx.wait_bound(wait_ms);
-        let started = tokio::time::Instant::now();
         let shared = self.ctx.shared.clone();
-        loop {
-            let changed = shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let tasks = shared
-                .store
-                .claim_inbox(&self.ctx.agent.id, max.min(MAX_CLAIM))
-                .map_err(trap)?;
-            let left = bound.saturating_sub(started.elapsed());
-            if !tasks.is_empty() || left.is_zero() {
-                return Ok(tasks.iter().map(task_to_wit).collect());
-            }
-            let _ = tokio::time::timeout(left, changed).await;
-        }
+        let agent = &self.ctx.agent.id;
+        let claimed = wait_for_change(&shared, self.ctx.wait_bound(wait_ms), || {
+            let tasks = shared.store.claim_inbox(agent, max.min(MAX_CLAIM))?;
+            Ok((!tasks.is_empty()).then_some(tasks))
+        })
+        .await
+        .map_err(trap)?;
+        Ok(claimed
+            .unwrap_or_default()
+            .iter()
+            .map(task_to_wit)
+            .collect())
     }
 
     async fn write_stream(
@@ -608,31 +604,26 @@ impl Host for MeshView<'_> {
             return Ok(Err(self.ctx.refuse(invalid("key", m))));
         }
         let bound = self.ctx.wait_bound(wait_ms);
-        let started = tokio::time::Instant::now();
         let shared = self.ctx.shared.clone();
-        loop {
-            let changed = shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let read = shared
-                .store
-                .stream_read(&self.ctx.agent.id, &key, after)
-                .map_err(trap)?;
-            let left = bound.saturating_sub(started.elapsed());
-            match read {
-                Ok(StreamRead::Chunk(e)) => return Ok(Ok(wit::StreamItem::Chunk(entry_to_wit(e)))),
-                Ok(StreamRead::Closed) => return Ok(Ok(wit::StreamItem::Closed)),
-                Ok(StreamRead::Pending) if left.is_zero() => {
-                    let e = MeshError::Timeout(format!(
-                        "no chunk after version {after} of `{key}` within {} ms",
-                        bound.as_millis()
-                    ));
-                    return Ok(Err(self.ctx.refuse(e)));
-                }
-                Ok(StreamRead::Pending) => {
-                    let _ = tokio::time::timeout(left, changed).await;
-                }
-                Err(r) => return Ok(Err(self.ctx.refuse(refusal(r, "key")))),
+        let reader = &self.ctx.agent.id;
+        let read = wait_for_change(&shared, bound, || {
+            Ok(match shared.store.stream_read(reader, &key, after)? {
+                Ok(StreamRead::Pending) => None,
+                done => Some(done),
+            })
+        })
+        .await
+        .map_err(trap)?;
+        match read {
+            Some(Ok(StreamRead::Chunk(e))) => Ok(Ok(wit::StreamItem::Chunk(entry_to_wit(e)))),
+            Some(Ok(StreamRead::Closed)) => Ok(Ok(wit::StreamItem::Closed)),
+            Some(Err(r)) => Ok(Err(self.ctx.refuse(refusal(r, "key")))),
+            Some(Ok(StreamRead::Pending)) | None => {
+                let e = MeshError::Timeout(format!(
+                    "no chunk after version {after} of `{key}` within {} ms",
+                    bound.as_millis()
+                ));
+                Ok(Err(self.ctx.refuse(e)))
             }
         }
     }
@@ -674,6 +665,31 @@ impl Host for MeshView<'_> {
                 Ok(Err(self.ctx.refuse(MeshError::NotFound(what))))
             }
         }
+    }
+}
+
+/// Try `attempt` until it yields something or `bound` has passed, sleeping between tries
+/// until the store changes. `None` when the bound passed first. The wait yields to the
+/// runtime, so the activation's deadline can always end it.
+async fn wait_for_change<T>(
+    shared: &Shared,
+    bound: Duration,
+    mut attempt: impl FnMut() -> Result<Option<T>, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        // Registered before the attempt, so a change in between is not missed.
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some(found) = attempt()? {
+            return Ok(Some(found));
+        }
+        let left = bound.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let _ = tokio::time::timeout(left, changed).await;
     }
 }
 
