@@ -5,8 +5,8 @@
 //! (the store cannot commit) are traps: the activation ends and the task fails.
 //!
 //! Waiting calls (`check-inbox` and `read-stream` with a wait) are bounded by
-//! [`MAX_WAIT_MS`] and by the task's deadline, and they yield to the runtime, so the
-//! activation's deadline can always cut an agent off, even inside a host call.
+//! [`MAX_WAIT_MS`] and yield to the runtime, so the activation's deadline always cuts an
+//! agent off, even inside a host call.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -148,10 +148,11 @@ impl MeshCtx {
         e
     }
 
-    /// How long a wait of `wait_ms` may last: bounded by the host and the deadline.
+    /// How long a wait of `wait_ms` may last: at most [`MAX_WAIT_MS`]. It is not shortened
+    /// to the task's deadline: a wait that outlasts the deadline is cut off by it, so the
+    /// task fails for missing its deadline instead of racing it.
     fn wait_bound(&self, wait_ms: u32) -> Duration {
-        let left = self.task.deadline.saturating_sub(store::now_ms());
-        Duration::from_millis(u64::from(wait_ms).min(MAX_WAIT_MS).min(left))
+        Duration::from_millis(u64::from(wait_ms).min(MAX_WAIT_MS))
     }
 }
 

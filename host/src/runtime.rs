@@ -790,8 +790,11 @@ impl Host {
             },
         );
         wstore.limiter(|a| &mut a.limits);
-        // Every tick spent in wasm is charged to the CPU budget; between ticks the guest
-        // yields, so other activations and the wall-clock deadline get their turn.
+        // The CPU meter: each time the epoch deadline passes while the guest runs wasm, one
+        // tick is charged and the guest yields, so other activations and the wall-clock
+        // deadline get their turn. Time inside host calls is not metered, but the first
+        // check after a long host call (a wait) charges one tick too: an over-charge of at
+        // most one tick per wait.
         let cpu_ms = limits.cpu_ms;
         let budget = cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
         wstore.set_epoch_deadline(1);

@@ -32,6 +32,7 @@ mod redteam_escape;
 mod redteam_host_call;
 mod redteam_namespace;
 mod redteam_swap;
+mod redteam_vault;
 mod restart;
 mod routing;
 mod vault_missing;

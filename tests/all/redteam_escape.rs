@@ -24,7 +24,7 @@ async fn files_and_sockets_reach_nothing() {
     let report = run(&host, "probe", None, vec![text("addr", &addr)]).await;
     let seen = outcome(&host, &report, "probe");
 
-    for attempt in ["read_passwd", "list_root", "write_tmp", "connect", "lookup"] {
+    for attempt in ["read_file", "list_root", "write_tmp", "connect", "lookup"] {
         assert!(
             seen[attempt]["error"].is_string(),
             "{attempt} got through: {seen}"

@@ -1,7 +1,8 @@
 //! Hostile test agent: tries to leave the sandbox through the filesystem and the network
 //! (`std::fs`, `std::net`), so its component imports `wasi:filesystem` and `wasi:sockets`.
 //! Under the `virtualized` policy those link but must reach nothing; it reports what each
-//! attempt returned.
+//! attempt returned. Text params: `addr` to connect to, `file` to read (default
+//! `/etc/passwd`).
 
 use baton_sdk::{Agent, Outcome, ParamValue, Task};
 use serde_json::json;
@@ -21,7 +22,11 @@ impl Agent for EscapeProbe {
             Some(ParamValue::Text(a)) => a.clone(),
             _ => "127.0.0.1:9".into(),
         };
-        let passwd = attempt(std::fs::read_to_string("/etc/passwd"), |s| s);
+        let file = match task.param("file") {
+            Some(ParamValue::Text(f)) => f.clone(),
+            _ => "/etc/passwd".into(),
+        };
+        let read = attempt(std::fs::read_to_string(&file), |s| s);
         let root = attempt(std::fs::read_dir("/"), |d| format!("{} entries", d.count()));
         let write = attempt(std::fs::write("/tmp/baton-escape", b"x"), |_| "written".into());
         let socket = attempt(std::net::TcpStream::connect(&addr), |_| "connected".into());
@@ -30,7 +35,7 @@ impl Agent for EscapeProbe {
         });
         Outcome::new("tried to escape")
             .json(&json!({
-                "read_passwd": passwd,
+                "read_file": read,
                 "list_root": root,
                 "write_tmp": write,
                 "connect": socket,
