@@ -85,7 +85,7 @@ pub struct Report {
     pub handoffs: Vec<HandoffView>,
     /// Every task, in order.
     pub tasks: Vec<TaskView>,
-    /// The key of the last outcome stored in the chain.
+    /// The outcome of the chain: that of the completed task created last.
     pub outcome_key: Option<String>,
     /// That outcome, as JSON when it parses, else as text.
     pub outcome: Value,
@@ -241,12 +241,14 @@ impl Report {
     }
 }
 
-/// The outcome key of the task that finished last.
+/// The outcome key of the chain: that of the completed task created last. Creation order
+/// follows the handoffs (a callee after its caller, a reply after the work it answers), so
+/// it does not depend on which of two concurrent activations happened to finish first.
 fn last_outcome(tasks: &[TaskRecord]) -> Option<&str> {
     tasks
         .iter()
-        .filter(|t| t.status == Status::Completed)
-        .max_by_key(|t| t.finished_at)
+        .rev()
+        .find(|t| t.status == Status::Completed)
         .and_then(|t| t.outcome_key.as_deref())
 }
 
