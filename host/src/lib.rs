@@ -18,7 +18,7 @@
 //! - [`runtime`]: the wasmtime engine, loading agents, activations and their limits.
 //! - [`report`]: the chain of a task, as JSON for machines and text for people.
 //! - [`demo`]: the zero-config example meshes, one per pattern, embedded in the binary.
-//! - [`bench`]: `baton bench`, what isolation and durability cost.
+//! - [`mod@bench`]: `baton bench`, what isolation and durability cost.
 //! - [`cli`]: the `baton` command line.
 
 pub mod bench;
