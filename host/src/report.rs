@@ -139,24 +139,19 @@ impl Report {
                 .handoffs
                 .iter()
                 .filter(|h| h.from != OPERATOR)
-                .map(|h| HandoffView {
-                    id: h.id.clone(),
-                    from: h.from.clone(),
-                    to: h.to.clone(),
-                    pattern: h.pattern.name().into(),
-                    key: h.key.clone(),
-                    task: h.task.clone(),
-                    kind: chain
-                        .tasks
-                        .iter()
-                        .find(|t| t.id == h.task)
-                        .map_or(Kind::Work, |t| t.kind),
-                    claimed_by: chain
-                        .tasks
-                        .iter()
-                        .find(|t| t.id == h.task)
-                        .and_then(|t| t.agent.clone()),
-                    route: h.route.clone(),
+                .map(|h| {
+                    let task = chain.tasks.iter().find(|t| t.id == h.task);
+                    HandoffView {
+                        id: h.id.clone(),
+                        from: h.from.clone(),
+                        to: h.to.clone(),
+                        pattern: h.pattern.name().into(),
+                        key: h.key.clone(),
+                        task: h.task.clone(),
+                        kind: task.map_or(Kind::Work, |t| t.kind),
+                        claimed_by: task.and_then(|t| t.agent.clone()),
+                        route: h.route.clone(),
+                    }
                 })
                 .collect(),
             tasks: chain

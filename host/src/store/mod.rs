@@ -256,10 +256,7 @@ impl Store {
 
     /// How many tasks wait in the inbox of `target` (an agent or `capability:<name>`).
     pub fn inbox_depth(&self, target: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let inbox = txn.open_table(INBOX)?;
-        let n = inbox.range((target, 0)..=(target, u64::MAX))?.count();
-        Ok(n as u64)
+        pending(&self.db.begin_read()?.open_table(INBOX)?, target)
     }
 
     /// Everything in the chain that starts at task `root`.
@@ -303,6 +300,14 @@ impl Store {
         };
         decode(id, v.value()).map(Some)
     }
+}
+
+/// How many tasks wait in the inbox of `target`, in a read or a write transaction.
+fn pending(
+    inbox: &impl ReadableTable<(&'static str, u64), &'static str>,
+    target: &str,
+) -> Result<u64, StoreError> {
+    Ok(inbox.range((target, 0)..=(target, u64::MAX))?.count() as u64)
 }
 
 /// Append a version of `key` written by `writer`.

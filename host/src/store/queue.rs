@@ -319,10 +319,7 @@ pub fn fingerprint(to: &str, summary: &str, data: Option<&[u8]>, pointer: Option
 
 /// The body of a handoff, inside the caller's transaction.
 pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<Committed> {
-    let depth = txn
-        .open_table(INBOX)?
-        .range((h.to.as_str(), 0)..=(h.to.as_str(), u64::MAX))?
-        .count() as u64;
+    let depth = super::pending(&txn.open_table(INBOX)?, &h.to)?;
     if depth >= h.inbox_depth {
         return Ok(Err(Refusal::Full(format!(
             "inbox of `{}` is full ({} pending tasks); try later",
