@@ -84,6 +84,9 @@ pub struct Shared {
     pub ready: Notify,
     /// Wakes `check-inbox` and `read-stream` waiters when something was written.
     pub changed: Notify,
+    /// Who waits for which task to end ([`crate::Host::finished`]), so an ending task
+    /// wakes its own waiters and no others.
+    ended: std::sync::Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 impl Shared {
@@ -101,6 +104,30 @@ impl Shared {
             queue_depth: mesh.queue_depth,
             ready: Notify::new(),
             changed: Notify::new(),
+            ended: Default::default(),
+        }
+    }
+
+    /// A receiver that fires when task `id` may have ended (see [`Shared::task_ended`]).
+    pub fn on_end(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let waiters = ended.entry(id.to_string()).or_default();
+        // Drop the registrations of waiters that gave up.
+        waiters.retain(|w| !w.is_closed());
+        waiters.push(tx);
+        rx
+    }
+
+    /// Wake whoever waits for task `id`: it reached a final state, or changed state.
+    pub fn task_ended(&self, id: &str) {
+        let waiters = self
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(());
         }
     }
 
@@ -518,7 +545,10 @@ impl Host for MeshView<'_> {
                 if stream {
                     self.ctx.streams.push(c.handoff.id.clone());
                 }
+                // The callee may start while the commit is flushed (a crash loses both);
+                // the caller learns of the handoff only once it is on disk.
                 self.ctx.shared.wake();
+                self.ctx.shared.store.durable().await.map_err(trap)?;
                 Ok(Ok(wit::Receipt {
                     handoff_id: c.handoff.id,
                     task_id: c.task,
@@ -539,6 +569,9 @@ impl Host for MeshView<'_> {
         })
         .await
         .map_err(trap)?;
+        for t in claimed.iter().flatten() {
+            shared.task_ended(&t.id);
+        }
         Ok(claimed
             .unwrap_or_default()
             .iter()
@@ -569,6 +602,7 @@ impl Host for MeshView<'_> {
         match written {
             Ok((version, _)) => {
                 self.ctx.shared.wake();
+                self.ctx.shared.store.durable().await.map_err(trap)?;
                 Ok(Ok(version))
             }
             Err(r) => Ok(Err(self.ctx.refuse(refusal(r, "handoff-id")))),
@@ -589,6 +623,7 @@ impl Host for MeshView<'_> {
             Ok(_) => {
                 self.ctx.streams.retain(|h| h != &handoff_id);
                 self.ctx.shared.wake();
+                self.ctx.shared.store.durable().await.map_err(trap)?;
                 Ok(Ok(()))
             }
             Err(r) => Ok(Err(self.ctx.refuse(refusal(r, "handoff-id")))),
@@ -672,7 +707,7 @@ impl Host for MeshView<'_> {
 /// Try `attempt` until it yields something or `bound` has passed, sleeping between tries
 /// until the store changes. `None` when the bound passed first. The wait yields to the
 /// runtime, so the activation's deadline can always end it.
-async fn wait_for_change<T>(
+pub(crate) async fn wait_for_change<T>(
     shared: &Shared,
     bound: Duration,
     mut attempt: impl FnMut() -> Result<Option<T>, StoreError>,

@@ -35,8 +35,8 @@ use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
 use crate::store::{
-    Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern, Refusal, Store, StoreError,
-    TaskRecord, now_ms,
+    CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern, Refusal,
+    Store, StoreError, TaskRecord, now_ms,
 };
 use crate::vault::Vault;
 
@@ -304,12 +304,46 @@ struct Inner {
     _ticker: Ticker,
 }
 
+/// Most activations a host runs at once: the size of the instance pool. `--workers`
+/// above it is lowered to it.
+pub const MAX_WORKERS: usize = 256;
+
+/// Bytes of each pooled memory kept mapped between activations (see [`engine`]).
+const KEEP_RESIDENT: usize = 2 * 1024 * 1024;
+
 /// The engine configuration every host uses.
+///
+/// Instances come from a pooling allocator: memories, tables and async stacks are
+/// reserved once for [`MAX_WORKERS`] activations and reused, so an activation costs no
+/// `mmap` and no page-table setup, only resetting the slot it had before (the pool keeps a
+/// slot affine to the module that last used it). Each memory slot reserves 4 GiB of
+/// address space (no physical memory), so compiled code needs no bounds checks; the
+/// per-agent cap is the [`Limiter`], which runs before the pool's own ceiling.
 fn engine() -> Result<Engine, LoadError> {
+    let slots = MAX_WORKERS as u32;
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        // A component built by `wit-component` has a few core instances (the module and
+        // its shims), one or two memories and a few tables.
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        // A freed slot is reset by rewriting only the pages the activation dirtied (found
+        // with the PAGEMAP_SCAN ioctl where the kernel has it, Linux 6.7+), up to this
+        // much, instead of unmapping them: the next activation takes no page faults.
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT / 16);
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(512 * 1024);
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))
 }
 
@@ -461,6 +495,7 @@ impl Host {
         let store = Arc::new(Store::open(state)?);
         // Tasks a previous host claimed but never finished are redelivered.
         let recovered = store.recover()?;
+        store.set_commit_policy(CommitPolicy::Group);
         Ok(Host {
             inner: Arc::new(Inner {
                 _ticker: Ticker::start(engine.clone()),
@@ -475,9 +510,16 @@ impl Host {
         })
     }
 
-    /// Run at most `n` activations at once (at least 1).
+    /// Run at most `n` activations at once (at least 1, at most [`MAX_WORKERS`]).
     pub fn with_workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
+        self.workers = n.clamp(1, MAX_WORKERS);
+        self
+    }
+
+    /// Commit acknowledged writes under `policy`. A loaded host uses
+    /// [`CommitPolicy::Group`]: as durable as `Immediate`, with fewer fsyncs under load.
+    pub fn with_commit_policy(self, policy: CommitPolicy) -> Self {
+        self.inner.shared.store.set_commit_policy(policy);
         self
     }
 
@@ -504,8 +546,38 @@ impl Host {
     }
 
     /// Submit work with a chosen pattern: `blackboard` or `push` to an agent, or `pull` to
-    /// `capability:<name>` (any target with that prefix is dispatched by pull).
+    /// `capability:<name>` (any target with that prefix is dispatched by pull). Blocks
+    /// until the handoff is on disk; async callers use [`Host::submit_async`].
     pub fn submit_with(
+        &self,
+        to: &str,
+        summary: &str,
+        data: Option<Vec<u8>>,
+        params: Vec<Param>,
+        pattern: Pattern,
+    ) -> Result<Committed, SubmitError> {
+        let committed = self.record_submission(to, summary, data, params, pattern)?;
+        // The operator gets the task id only once the handoff is on disk.
+        self.inner.shared.store.durable_blocking()?;
+        Ok(committed)
+    }
+
+    /// [`Host::submit_with`], waiting for the disk without blocking the thread.
+    pub async fn submit_async(
+        &self,
+        to: &str,
+        summary: &str,
+        data: Option<Vec<u8>>,
+        params: Vec<Param>,
+        pattern: Pattern,
+    ) -> Result<Committed, SubmitError> {
+        let committed = self.record_submission(to, summary, data, params, pattern)?;
+        self.inner.shared.store.durable().await?;
+        Ok(committed)
+    }
+
+    /// Check and commit an operator's handoff; the caller waits for the disk.
+    fn record_submission(
         &self,
         to: &str,
         summary: &str,
@@ -589,12 +661,31 @@ impl Host {
     /// count at once and each agent at most `limits.concurrency` at once, until no task
     /// is pending or running. Returns how many activations ran.
     pub async fn run_until_idle(&self) -> Result<usize, StoreError> {
+        self.run(None::<std::future::Pending<()>>).await
+    }
+
+    /// Like [`Host::run_until_idle`], but an idle host waits for new work, until `stop`
+    /// resolves; then it starts nothing new, lets running activations finish, and returns.
+    pub async fn serve(&self, stop: impl Future<Output = ()>) -> Result<usize, StoreError> {
+        self.run(Some(stop)).await
+    }
+
+    async fn run(&self, stop: Option<impl Future<Output = ()>>) -> Result<usize, StoreError> {
         let shared = &self.inner.shared;
+        let serving = stop.is_some();
+        let stop = async {
+            match stop {
+                Some(stop) => stop.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop);
+        let mut stopped = false;
         let mut running: HashMap<String, u32> = HashMap::new();
         let mut set: JoinSet<(String, Result<TaskRecord, StoreError>)> = JoinSet::new();
         let mut ran = 0;
         loop {
-            while set.len() < self.workers {
+            while !stopped && set.len() < self.workers {
                 let Some(task) = shared
                     .store
                     .claim_next(|t, avoid| self.pick(t, avoid, &running))?
@@ -610,15 +701,20 @@ impl Host {
                 });
             }
             if set.is_empty() {
-                if shared.store.has_delayed()? {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+                if stopped {
+                    return Ok(ran);
                 }
-                return Ok(ran);
+                if !serving {
+                    if shared.store.has_delayed()? {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    return Ok(ran);
+                }
             }
             tokio::select! {
-                joined = set.join_next() => {
-                    let (agent, result) = match joined.expect("the set is not empty") {
+                Some(joined) = set.join_next() => {
+                    let (agent, result) = match joined {
                         Ok(done) => done,
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     };
@@ -629,8 +725,31 @@ impl Host {
                     ran += 1;
                 }
                 _ = shared.ready.notified() => {}
+                _ = &mut stop, if !stopped => stopped = true,
                 // Retries wait out their backoff; look again now and then.
                 _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
+        }
+    }
+
+    /// Wait until task `id` is final (completed, failed or delivered) and that is on
+    /// disk, or `bound` has passed (`None`).
+    pub async fn finished(
+        &self,
+        id: &str,
+        bound: Duration,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let shared = &self.inner.shared;
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            // Registered before the look, so an end in between is not missed.
+            let ended = shared.on_end(id);
+            if let Some(t) = shared.store.task(id)?.filter(|t| t.status.is_final()) {
+                shared.store.durable().await?;
+                return Ok(Some(t));
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Ok(None);
             }
         }
     }
@@ -663,8 +782,17 @@ impl Host {
     }
 
     /// Run one activation of the agent that claimed `task`, and record how it ended:
-    /// its outcome, or its failure and the fallback that follows.
+    /// its outcome, or its failure and the fallback that follows. Returns once that
+    /// record is on disk.
     pub async fn activate(&self, task: TaskRecord) -> Result<TaskRecord, StoreError> {
+        let id = task.id.clone();
+        let ended = self.run_activation(task).await;
+        self.inner.shared.store.durable().await?;
+        self.inner.shared.task_ended(&id);
+        ended
+    }
+
+    async fn run_activation(&self, task: TaskRecord) -> Result<TaskRecord, StoreError> {
         let inner = &self.inner;
         let shared = &inner.shared;
         let store = &shared.store;

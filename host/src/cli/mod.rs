@@ -13,7 +13,7 @@ use crate::demo::Demo;
 use crate::manifest::Mesh;
 use crate::policy::{self, Policy};
 use crate::report::{EntryView, Report};
-use crate::runtime::{DEFAULT_WORKERS, Host};
+use crate::runtime::{DEFAULT_WORKERS, Host, MAX_WORKERS};
 use crate::store::{AuditVerdict, Param, ParamValue, STORE_FILE, Store};
 use crate::vault::Vault;
 
@@ -33,8 +33,8 @@ enum Command {
         /// Which demo.
         #[arg(default_value = "blackboard")]
         pattern: Demo,
-        /// Activations run at once.
-        #[arg(long, default_value_t = DEFAULT_WORKERS)]
+        /// Activations run at once (1 to 256).
+        #[arg(long, default_value_t = DEFAULT_WORKERS, value_parser = workers_in_range)]
         workers: usize,
         /// State directory (created if missing).
         #[arg(long, default_value = ".baton")]
@@ -60,8 +60,8 @@ enum Command {
         /// A typed parameter, `name=value` (true/false, integers and numbers are typed).
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
-        /// Activations run at once.
-        #[arg(long, default_value_t = DEFAULT_WORKERS)]
+        /// Activations run at once (1 to 256).
+        #[arg(long, default_value_t = DEFAULT_WORKERS, value_parser = workers_in_range)]
         workers: usize,
         /// State directory (created if missing).
         #[arg(long, default_value = ".baton")]
@@ -383,6 +383,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("no task `{task}` in {}", store.path().display()))?;
             Ok(print_report(&report, json))
         }
+    }
+}
+
+/// `--workers`: at least one, at most the instance pool's size.
+fn workers_in_range(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if (1..=MAX_WORKERS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be 1 to {MAX_WORKERS} (the instance pool's size)"
+        ))
     }
 }
 

@@ -2,23 +2,28 @@
 //! every key, the inboxes and capability queues, and the task and handoff records that
 //! make up the audit trail.
 //!
-//! Each operation is one write transaction, committed before it returns: a handoff the
-//! host acknowledged is on disk with its data, its task and the callee's inbox entry
-//! together or not at all, and a failure is recorded together with what its fallback did.
+//! Each operation is one write transaction: a handoff the host acknowledged is on disk
+//! with its data, its task and the callee's inbox entry together or not at all, and a
+//! failure is recorded together with what its fallback did. Whether an operation's commit
+//! is on disk when it returns depends on the [`CommitPolicy`]; under group commit, the
+//! caller awaits [`Store::durable`] before acknowledging anything.
 //!
 //! - [`records`]: what is stored.
+//! - `commit`: the commit policy and group commit.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
 //! - `audit`: the hash-chained log of every handoff and read.
 
 mod audit;
+mod commit;
 mod operator;
 mod queue;
 pub mod records;
 mod streams;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -28,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::manifest::hex;
 
 pub use audit::{AuditRecord, AuditVerdict};
+pub use commit::CommitPolicy;
 pub use queue::{Committed, NewHandoff, Refusal, fingerprint};
 pub use records::*;
 pub use streams::StreamRead;
@@ -113,8 +119,9 @@ pub fn now_ms() -> u64 {
 
 /// The redb-backed store of one state directory.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
+    syncer: commit::Syncer,
 }
 
 impl std::fmt::Debug for Store {
@@ -124,7 +131,7 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`, with [`CommitPolicy::Immediate`].
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Db(redb::Error::Io(std::io::Error::new(
@@ -153,7 +160,40 @@ impl Store {
             txn.open_table(AUDIT)?;
         }
         txn.commit()?;
-        Ok(Store { db, path })
+        let db = Arc::new(db);
+        Ok(Store {
+            syncer: commit::Syncer::start(db.clone()),
+            db,
+            path,
+        })
+    }
+
+    /// Commit acknowledged writes under `policy` from now on.
+    pub fn set_commit_policy(&self, policy: CommitPolicy) {
+        self.syncer.set_policy(policy);
+    }
+
+    /// How acknowledged writes reach the disk.
+    pub fn commit_policy(&self) -> CommitPolicy {
+        self.syncer.policy()
+    }
+
+    /// Wait until every write this store committed before the call is on disk. Under
+    /// [`CommitPolicy::Immediate`] it already is. An error means the write may be lost:
+    /// it must not be acknowledged.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.syncer.durable().await
+    }
+
+    /// [`Store::durable`], blocking the calling thread (for callers outside async code).
+    pub fn durable_blocking(&self) -> Result<(), StoreError> {
+        self.syncer.durable_blocking()
+    }
+
+    /// Commit a write that will be acknowledged: immediately, or unsynced for the next
+    /// group flush. Either way the caller awaits [`Store::durable`] before acknowledging.
+    fn commit_ack(&self, txn: WriteTransaction) -> Result<(), StoreError> {
+        self.syncer.commit(txn)
     }
 
     /// The redb file.

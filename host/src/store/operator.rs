@@ -41,7 +41,7 @@ impl Store {
         e.resolved_at = Some(now_ms());
         e.note = note.map(str::to_string);
         put_json(&txn, OPERATOR_INBOX, task, &e)?;
-        txn.commit()?;
+        self.commit_ack(txn)?;
         Ok(Ok(e))
     }
 }

@@ -101,7 +101,7 @@ impl Store {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
-        txn.commit()?;
+        self.commit_ack(txn)?;
         Ok(Ok(committed))
     }
 
@@ -222,7 +222,7 @@ impl Store {
             send_reply(&txn, &task, summary, reply_deadline_ms)?;
             task
         };
-        txn.commit()?;
+        self.commit_ack(txn)?;
         Ok(task)
     }
 
@@ -238,7 +238,7 @@ impl Store {
     ) -> Result<TaskRecord, StoreError> {
         let txn = self.db.begin_write()?;
         let task = fail_in(&txn, task_id, kind, reason, reply_deadline_ms)?;
-        txn.commit()?;
+        self.commit_ack(txn)?;
         Ok(task)
     }
 

@@ -32,7 +32,7 @@ impl Store {
         meta.chunks += 1;
         put_json(&txn, STREAMS, &meta.key.clone(), &meta)?;
         let woke = wake_reader(&txn, &meta)?;
-        txn.commit()?;
+        self.commit_ack(txn)?;
         Ok(Ok((version, woke)))
     }
 
@@ -47,7 +47,7 @@ impl Store {
         meta.closed = true;
         put_json(&txn, STREAMS, &meta.key.clone(), &meta)?;
         let woke = wake_reader(&txn, &meta)?;
-        txn.commit()?;
+        self.commit_ack(txn)?;
         Ok(Ok(woke))
     }
 
