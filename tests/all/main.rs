@@ -11,6 +11,7 @@ mod cred_injection;
 mod cycles;
 mod fallback;
 mod fan_out;
+mod handoff_once;
 mod handoff_targets;
 mod isolation_imports;
 mod isolation_keys;
