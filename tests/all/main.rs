@@ -5,6 +5,8 @@ mod common;
 mod http_fixture;
 
 mod audit_log;
+#[cfg(unix)]
+mod crash_sigkill;
 mod cred_echo_redacted;
 mod cred_guest_header;
 mod cred_injection;
