@@ -159,11 +159,12 @@ pub struct MeshCtx {
     pub shared: Arc<Shared>,
     /// The task that woke it.
     pub task: TaskRecord,
-    /// Handoffs made so far in this activation.
+    /// Handoffs made so far in this activation: also the position of the next one, by
+    /// which the store matches a redelivered task's hand-offs with those it made before.
     pub handoffs: u32,
     /// Streams this activation opened; the host closes those still open when it ends.
     pub streams: Vec<String>,
-    /// Refusals, for the agent's log.
+    /// Refusals and replayed hand-offs, for the agent's log.
     pub log: Vec<String>,
 }
 
@@ -515,6 +516,7 @@ impl Host for MeshView<'_> {
             Err(e) => return Ok(Err(self.ctx.refuse(e))),
         };
         let stream = a.pattern == store::Pattern::Stream;
+        let nth = self.ctx.handoffs;
         let committed = self
             .ctx
             .shared
@@ -537,11 +539,20 @@ impl Host for MeshView<'_> {
                 in_reply_to: None,
                 pointer: None,
                 inbox_depth: a.inbox_depth,
+                nth: Some(nth),
             })
             .map_err(trap)?;
         match committed {
             Ok(c) => {
                 self.ctx.handoffs += 1;
+                if c.replayed {
+                    let line = format!(
+                        "{}: hand-off #{nth} was made by an earlier delivery of this task as {}; returned its receipt, recorded nothing new",
+                        self.ctx.task.id, c.handoff.id
+                    );
+                    tracing::info!(agent = %self.ctx.agent.id, "{line}");
+                    self.ctx.log.push(line);
+                }
                 if stream {
                     self.ctx.streams.push(c.handoff.id.clone());
                 }

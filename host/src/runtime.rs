@@ -650,6 +650,7 @@ impl Host {
             fallback: Fallback::None,
             reply: false,
             in_reply_to: None,
+            nth: None,
             pointer: None,
             inbox_depth,
         })?;

@@ -5,12 +5,15 @@ mod common;
 mod http_fixture;
 
 mod audit_log;
+#[cfg(unix)]
+mod crash_sigkill;
 mod cred_echo_redacted;
 mod cred_guest_header;
 mod cred_injection;
 mod cycles;
 mod fallback;
 mod fan_out;
+mod handoff_once;
 mod handoff_targets;
 mod isolation_imports;
 mod isolation_keys;

@@ -46,6 +46,9 @@ const BB_META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_met
 const BB_HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
 const HANDOFFS: TableDefinition<&str, &str> = TableDefinition::new("handoffs");
+/// (task, n) → handoff id: the n-th hand-off made while handling that task, so a
+/// redelivered task that hands off again gets the original back (see `Store::hand_off`).
+const HANDOFF_ONCE: TableDefinition<(&str, u32), &str> = TableDefinition::new("handoff_once");
 /// (agent or `capability:<name>`, seq) → task id: what `check-inbox` claims from.
 const INBOX: TableDefinition<(&str, u64), &str> = TableDefinition::new("inbox");
 /// seq → `<target>\t<task>\t<not-before>`: the order in which the host wakes agents.
@@ -149,6 +152,7 @@ impl Store {
             txn.open_table(BB_HEAD)?;
             txn.open_table(TASKS)?;
             txn.open_table(HANDOFFS)?;
+            txn.open_table(HANDOFF_ONCE)?;
             txn.open_table(INBOX)?;
             txn.open_table(READY)?;
             txn.open_table(RUNNING)?;

@@ -10,8 +10,8 @@ use redb::{ReadableTable, WriteTransaction};
 use sha2::{Digest, Sha256};
 
 use super::{
-    CHAIN, GRANTS, HANDOFFS, INBOX, OPERATOR_INBOX, READY, RUNNING, STREAMS, Store, StoreError,
-    TASKS, get_json, next, now_ms, put, put_json, try_get_json,
+    CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, OPERATOR_INBOX, READY, RUNNING, STREAMS, Store,
+    StoreError, TASKS, get_json, next, now_ms, put, put_json, try_get_json,
 };
 use crate::grants::output_key;
 use crate::manifest::{OPERATOR, hex};
@@ -61,6 +61,10 @@ pub struct NewHandoff {
     pub pointer: Option<String>,
     /// The callee's inbox (or queue) bound.
     pub inbox_depth: u64,
+    /// For an agent's hand-off: how many hand-offs its activation made before this one.
+    /// The n-th hand-off of a task is recorded once (see [`Store::hand_off`]); `None` for
+    /// the host's own (submissions, replies, reroutes), which commit with their cause.
+    pub nth: Option<u32>,
 }
 
 /// What `hand_off` committed.
@@ -70,6 +74,9 @@ pub struct Committed {
     pub handoff: HandoffRecord,
     /// The task created for the callee.
     pub task: String,
+    /// Whether an earlier delivery of the caller's task made this hand-off already, so
+    /// nothing new was recorded and this is its original receipt.
+    pub replayed: bool,
 }
 
 /// A request the store turned down; nothing was written.
@@ -95,6 +102,15 @@ pub type Outcome<T> = Result<Result<T, Refusal>, StoreError>;
 impl Store {
     /// Record a handoff: write its data (to `output/<from>/<handoff-id>`, or inline for
     /// push), create the callee's task and make it ready, all in one commit.
+    ///
+    /// An agent's hand-offs happen once per task. A task is delivered again when its
+    /// activation did not finish (the host died, the worker trapped or lost its lease,
+    /// a retry), and the new activation hands off again what the first one may already
+    /// have committed. So the store keeps, with each hand-off, the caller's task and its
+    /// position `nth` in the activation; a later hand-off at the same position of the same
+    /// task returns that original, marked `replayed`, and records nothing. This assumes
+    /// agents are deterministic in the hand-offs they make: a redelivered activation that
+    /// hands off differently still gets the original receipts for its first n hand-offs.
     pub fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
         let txn = self.db.begin_write()?;
         let committed = match record_handoff(&txn, h)? {
@@ -319,6 +335,21 @@ pub fn fingerprint(to: &str, summary: &str, data: Option<&[u8]>, pointer: Option
 
 /// The body of a handoff, inside the caller's transaction.
 pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<Committed> {
+    let once = match (&h.parent, h.nth) {
+        (Some(parent), Some(n)) => Some((parent.id.clone(), n)),
+        _ => None,
+    };
+    // Before any check: what was handed off stays handed off, even if the inbox is full now.
+    if let Some((parent, n)) = &once
+        && let Some(hid) = txn.open_table(HANDOFF_ONCE)?.get((parent.as_str(), *n))?
+    {
+        let handoff: HandoffRecord = get_json(txn, HANDOFFS, hid.value())?;
+        return Ok(Ok(Committed {
+            task: handoff.task.clone(),
+            handoff,
+            replayed: true,
+        }));
+    }
     let depth = super::pending(&txn.open_table(INBOX)?, &h.to)?;
     if depth >= h.inbox_depth {
         return Ok(Err(Refusal::Full(format!(
@@ -431,6 +462,10 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
     };
     put_json(txn, TASKS, &tid, &task)?;
     put_json(txn, HANDOFFS, &hid, &handoff)?;
+    if let Some((parent, n)) = &once {
+        txn.open_table(HANDOFF_ONCE)?
+            .insert((parent.as_str(), *n), hid.as_str())?;
+    }
     super::audit::append(
         txn,
         super::audit::AuditEvent {
@@ -463,7 +498,11 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
         (root.as_str(), next(txn, "seq")?),
         format!("t:{tid}").as_str(),
     )?;
-    Ok(Ok(Committed { handoff, task: tid }))
+    Ok(Ok(Committed {
+        handoff,
+        task: tid,
+        replayed: false,
+    }))
 }
 
 /// Put a task in its target's inbox and the wake queue, at the back.
@@ -523,6 +562,7 @@ fn send_reply(
         pointer: task.outcome_key.clone(),
         // The caller asked for this answer; its bound must not drop it.
         inbox_depth: u64::MAX,
+        nth: None,
     };
     match record_handoff(txn, reply)? {
         Ok(_) => Ok(()),
@@ -597,6 +637,7 @@ fn fail_in(
                 in_reply_to: None,
                 pointer: task.pointer.clone(),
                 inbox_depth: u64::MAX,
+                nth: None,
             };
             let next_task = match record_handoff(txn, rerouted)? {
                 Ok(c) => Some(c.task),
