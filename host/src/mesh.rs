@@ -19,7 +19,7 @@ use crate::bindings::mesh::{self as wit, Host, MeshError};
 use crate::grants::{ReadGrants, validate_key};
 use crate::manifest::{AgentSpec, CAPABILITY, Limits, Mesh, ROUTE, Route, compile_schema};
 use crate::store::{
-    self, Fallback, Kind, NewHandoff, Refusal, Store, StoreError, StreamRead, TaskRecord,
+    self, Backend, Fallback, Kind, NewHandoff, Refusal, StoreError, StreamRead, TaskRecord,
 };
 
 /// Longest `summary` accepted, in bytes.
@@ -71,7 +71,7 @@ impl AgentPolicy {
 #[derive(Debug)]
 pub struct Shared {
     /// The durable store.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Backend>,
     /// Every agent of the mesh.
     pub agents: HashMap<String, Arc<AgentPolicy>>,
     /// Conditional routes.
@@ -91,7 +91,11 @@ pub struct Shared {
 
 impl Shared {
     /// The shared state for `mesh` over `store`.
-    pub fn new(mesh: &Mesh, store: Arc<Store>, agents: HashMap<String, Arc<AgentPolicy>>) -> Self {
+    pub fn new(
+        mesh: &Mesh,
+        store: Arc<dyn Backend>,
+        agents: HashMap<String, Arc<AgentPolicy>>,
+    ) -> Self {
         Shared {
             store,
             agents,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::manifest::OPERATOR;
 use crate::store::{
-    Chain, EntryRecord, FallbackApplied, Kind, Status, Store, StoreError, TaskRecord,
+    Backend, Chain, EntryRecord, FallbackApplied, Kind, Status, StoreError, TaskRecord,
 };
 
 /// One handoff between agents.
@@ -106,7 +106,7 @@ fn unhandled(t: &TaskRecord) -> bool {
 
 impl Report {
     /// Build the report of the chain that `task` (any task in it) belongs to.
-    pub fn for_task(store: &Store, task: &str) -> Result<Option<Report>, StoreError> {
+    pub fn for_task(store: &dyn Backend, task: &str) -> Result<Option<Report>, StoreError> {
         let Some(t) = store.task(task)? else {
             return Ok(None);
         };

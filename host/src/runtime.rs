@@ -35,8 +35,8 @@ use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
 use crate::store::{
-    CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern, Refusal,
-    Store, StoreError, TaskRecord, now_ms,
+    Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern,
+    Refusal, Store, StoreError, TaskRecord, now_ms,
 };
 use crate::vault::Vault;
 
@@ -524,8 +524,8 @@ impl Host {
     }
 
     /// The store this host writes to.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.shared.store
+    pub fn store(&self) -> &dyn Backend {
+        &*self.inner.shared.store
     }
 
     /// How many unfinished tasks of a previous host this one redelivered at load.
@@ -689,7 +689,7 @@ impl Host {
             while !stopped && set.len() < self.workers {
                 let Some(task) = shared
                     .store
-                    .claim_next(|t, avoid| self.pick(t, avoid, &running))?
+                    .claim_next(&mut |t, avoid| self.pick(t, avoid, &running))?
                 else {
                     break;
                 };

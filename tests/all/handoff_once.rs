@@ -101,7 +101,7 @@ async fn a_task_redelivered_after_its_host_died_gets_its_original_receipt() {
             .unwrap();
         let claimed = host
             .store()
-            .claim_next(|t, _| Some(t.to_string()))
+            .claim_next(&mut |t, _| Some(t.to_string()))
             .unwrap()
             .unwrap();
         assert_eq!(claimed.id, submitted.task);

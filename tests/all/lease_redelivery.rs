@@ -78,7 +78,7 @@ async fn a_task_left_running_by_a_dead_host_is_redelivered() {
         // Claimed as an activation would be, then the host "dies" before finishing it.
         let claimed = host
             .store()
-            .claim_next(|t, _| Some(t.to_string()))
+            .claim_next(&mut |t, _| Some(t.to_string()))
             .unwrap()
             .unwrap();
         assert_eq!(claimed.id, submitted.task);

@@ -32,7 +32,7 @@ async fn a_handoff_flood_is_cut_off_at_the_activation_limit_and_the_host_lives()
     // Run the flood alone first, to see what it left in the callee's inbox.
     let claimed = host
         .store()
-        .claim_next(|t, _| Some(t.to_string()))
+        .claim_next(&mut |t, _| Some(t.to_string()))
         .unwrap()
         .unwrap();
     assert_eq!(claimed.id, attack);
@@ -122,7 +122,7 @@ async fn a_flood_stops_at_the_callee_inbox_depth_and_the_host_lives() {
         .task;
     let claimed = host
         .store()
-        .claim_next(|t, _| Some(t.to_string()))
+        .claim_next(&mut |t, _| Some(t.to_string()))
         .unwrap()
         .unwrap();
     host.activate(claimed).await.unwrap();

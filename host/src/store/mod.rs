@@ -8,6 +8,8 @@
 //! is on disk when it returns depends on the [`CommitPolicy`]; under group commit, the
 //! caller awaits [`Store::durable`] before acknowledging anything.
 //!
+//! - [`Backend`]: the trait the host reaches its state through; [`Store`] is its redb
+//!   implementation.
 //! - [`records`]: what is stored.
 //! - `commit`: the commit policy and group commit.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
@@ -16,6 +18,7 @@
 //! - `audit`: the hash-chained log of every handoff and read.
 
 mod audit;
+mod backend;
 mod commit;
 mod operator;
 mod queue;
@@ -33,6 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::manifest::hex;
 
 pub use audit::{AuditRecord, AuditVerdict};
+pub use backend::{Backend, BoxFuture};
 pub use commit::CommitPolicy;
 pub use queue::{Committed, NewHandoff, Refusal, fingerprint};
 pub use records::*;

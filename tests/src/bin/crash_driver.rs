@@ -118,7 +118,7 @@ fn run(state: &Path, cycle: &str) -> Result<()> {
         }
     });
 
-    let store = host.store().clone();
+    let store = host.store();
     let started = Instant::now();
     let mut n = 0u64;
     while started.elapsed() < LIFETIME {

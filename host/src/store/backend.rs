@@ -1,0 +1,229 @@
+//! The seam between the host and where its state lives.
+//!
+//! The runtime, the mesh imports, reports and the benchmark reach the state only
+//! through [`Backend`], so a replicated or networked backend can take the embedded redb
+//! [`Store`]'s place without the host changing. What a backend must keep, whatever it is
+//! built on:
+//!
+//! - **One commit per operation.** Each write (a handoff with its data, task, inbox entry
+//!   and audit record; a completion with its outcome and reply; a failure with its
+//!   fallback) happens entirely or not at all.
+//! - **A single commit order, and prefixes after a crash.** What survives a crash is
+//!   everything committed up to some point, never a later write without an earlier one.
+//! - **Nothing acknowledged is lost.** The host acknowledges a write only after
+//!   [`Backend::durable`] returned for it; from then on it survives a crash.
+//! - **Claims are redone.** [`Backend::recover`] makes tasks that were running when the
+//!   last host stopped ready again.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{
+    AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
+    FailureKind, HandoffRecord, NewHandoff, Store, StoreError, StreamMeta, StreamRead, TaskRecord,
+    queue::Outcome,
+};
+
+/// A future a backend returns from a trait method.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything the host asks of its state. [`Store`] (redb) is the default; see the
+/// module documentation for what every implementation must guarantee.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Commit acknowledged writes under `policy` from now on.
+    fn set_commit_policy(&self, policy: CommitPolicy);
+    /// How acknowledged writes reach durable storage.
+    fn commit_policy(&self) -> CommitPolicy;
+    /// Resolves once every write committed before the call is durable; an error means
+    /// such a write may be lost and must not be acknowledged.
+    fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// [`Backend::durable`], blocking the calling thread.
+    fn durable_blocking(&self) -> Result<(), StoreError>;
+
+    /// One version of `key` (the newest when `version` is `None`).
+    fn read(&self, key: &str, version: Option<u64>) -> Result<Option<EntryRecord>, StoreError>;
+    /// Every version of `key`, oldest first.
+    fn history(&self, key: &str) -> Result<Vec<EntryRecord>, StoreError>;
+    /// Every blackboard key that starts with `prefix`, in order.
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Whether a task delivered to `agent` pointed at `key`.
+    fn is_granted(&self, agent: &str, key: &str) -> Result<bool, StoreError>;
+    /// The task called `id`.
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// The handoff called `id`.
+    fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError>;
+    /// The stream at `key`.
+    fn stream(&self, key: &str) -> Result<Option<StreamMeta>, StoreError>;
+    /// How many tasks wait in the inbox of `target`.
+    fn inbox_depth(&self, target: &str) -> Result<u64, StoreError>;
+    /// Everything in the chain that starts at task `root`.
+    fn chain(&self, root: &str) -> Result<Chain, StoreError>;
+
+    /// Record a handoff: its data, the callee's task, made ready; once per (task, n).
+    fn hand_off(&self, h: NewHandoff) -> Outcome<Committed>;
+    /// Claim the oldest ready task `pick` finds an agent for (see [`Store::claim_next`]).
+    fn claim_next(
+        &self,
+        pick: &mut dyn FnMut(&str, &[&str]) -> Option<String>,
+    ) -> Result<Option<TaskRecord>, StoreError>;
+    /// Claim up to `max` pending tasks from `agent`'s inbox.
+    fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Store a task's outcome and any reply.
+    fn complete(
+        &self,
+        task: &str,
+        summary: &str,
+        data: &[u8],
+        reply_deadline_ms: u64,
+    ) -> Result<TaskRecord, StoreError>;
+    /// Record a failure and apply its fallback.
+    fn fail(
+        &self,
+        task: &str,
+        kind: FailureKind,
+        reason: &str,
+        reply_deadline_ms: u64,
+    ) -> Result<TaskRecord, StoreError>;
+    /// Make every task left running by a previous host ready again; how many.
+    fn recover(&self) -> Result<usize, StoreError>;
+    /// Whether a ready task waits for its backoff.
+    fn has_delayed(&self) -> Result<bool, StoreError>;
+
+    /// Append a chunk to a stream `writer` opened.
+    fn stream_write(&self, writer: &str, handoff: &str, chunk: &[u8]) -> Outcome<(u64, bool)>;
+    /// Close a stream `writer` opened.
+    fn stream_close(&self, writer: &str, handoff: &str) -> Outcome<bool>;
+    /// Close every stream of `handoffs` still open; how many.
+    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError>;
+    /// Read the chunk after `after` of the stream at `key`, for `reader`.
+    fn stream_read(&self, reader: &str, key: &str, after: u64) -> Outcome<StreamRead>;
+
+    /// The operator inbox, oldest first; resolved escalations too when `all`.
+    fn escalations(&self, all: bool) -> Result<Vec<Escalation>, StoreError>;
+    /// Mark an escalation resolved.
+    fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation>;
+
+    /// Audit a read of `key` by `agent` handling `task` (or its refusal).
+    fn audit_read(
+        &self,
+        agent: &str,
+        task: &str,
+        key: &str,
+        outcome: Result<u64, &str>,
+    ) -> Result<(), StoreError>;
+    /// The audit log, oldest first.
+    fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Check the audit log's hash chain.
+    fn audit_verify(&self) -> Result<AuditVerdict, StoreError>;
+}
+
+impl Backend for Store {
+    fn set_commit_policy(&self, policy: CommitPolicy) {
+        Store::set_commit_policy(self, policy);
+    }
+    fn commit_policy(&self) -> CommitPolicy {
+        Store::commit_policy(self)
+    }
+    fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(Store::durable(self))
+    }
+    fn durable_blocking(&self) -> Result<(), StoreError> {
+        Store::durable_blocking(self)
+    }
+    fn read(&self, key: &str, version: Option<u64>) -> Result<Option<EntryRecord>, StoreError> {
+        Store::read(self, key, version)
+    }
+    fn history(&self, key: &str) -> Result<Vec<EntryRecord>, StoreError> {
+        Store::history(self, key)
+    }
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Store::keys(self, prefix)
+    }
+    fn is_granted(&self, agent: &str, key: &str) -> Result<bool, StoreError> {
+        Store::is_granted(self, agent, key)
+    }
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Store::task(self, id)
+    }
+    fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
+        Store::handoff(self, id)
+    }
+    fn stream(&self, key: &str) -> Result<Option<StreamMeta>, StoreError> {
+        Store::stream(self, key)
+    }
+    fn inbox_depth(&self, target: &str) -> Result<u64, StoreError> {
+        Store::inbox_depth(self, target)
+    }
+    fn chain(&self, root: &str) -> Result<Chain, StoreError> {
+        Store::chain(self, root)
+    }
+    fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
+        Store::hand_off(self, h)
+    }
+    fn claim_next(
+        &self,
+        pick: &mut dyn FnMut(&str, &[&str]) -> Option<String>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        Store::claim_next(self, pick)
+    }
+    fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        Store::claim_inbox(self, agent, max)
+    }
+    fn complete(
+        &self,
+        task: &str,
+        summary: &str,
+        data: &[u8],
+        reply_deadline_ms: u64,
+    ) -> Result<TaskRecord, StoreError> {
+        Store::complete(self, task, summary, data, reply_deadline_ms)
+    }
+    fn fail(
+        &self,
+        task: &str,
+        kind: FailureKind,
+        reason: &str,
+        reply_deadline_ms: u64,
+    ) -> Result<TaskRecord, StoreError> {
+        Store::fail(self, task, kind, reason, reply_deadline_ms)
+    }
+    fn recover(&self) -> Result<usize, StoreError> {
+        Store::recover(self)
+    }
+    fn has_delayed(&self) -> Result<bool, StoreError> {
+        Store::has_delayed(self)
+    }
+    fn stream_write(&self, writer: &str, handoff: &str, chunk: &[u8]) -> Outcome<(u64, bool)> {
+        Store::stream_write(self, writer, handoff, chunk)
+    }
+    fn stream_close(&self, writer: &str, handoff: &str) -> Outcome<bool> {
+        Store::stream_close(self, writer, handoff)
+    }
+    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError> {
+        Store::close_streams_of(self, writer, handoffs)
+    }
+    fn stream_read(&self, reader: &str, key: &str, after: u64) -> Outcome<StreamRead> {
+        Store::stream_read(self, reader, key, after)
+    }
+    fn escalations(&self, all: bool) -> Result<Vec<Escalation>, StoreError> {
+        Store::escalations(self, all)
+    }
+    fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation> {
+        Store::resolve(self, task, note)
+    }
+    fn audit_read(
+        &self,
+        agent: &str,
+        task: &str,
+        key: &str,
+        outcome: Result<u64, &str>,
+    ) -> Result<(), StoreError> {
+        Store::audit_read(self, agent, task, key, outcome)
+    }
+    fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        Store::audit_log(self)
+    }
+    fn audit_verify(&self) -> Result<AuditVerdict, StoreError> {
+        Store::audit_verify(self)
+    }
+}
