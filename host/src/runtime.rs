@@ -386,8 +386,10 @@ impl Host {
 
         let mut agents = HashMap::new();
         let mut policies = HashMap::new();
-        // Agents often share a component (a pool of workers); compile each one once.
+        // Agents often share a component (a pool of workers); compile each one once, and
+        // only if its compiled form is not on disk already.
         let mut compiled: HashMap<Vec<u8>, Component> = HashMap::new();
+        let mut disk = crate::compiled::Cache::new(&engine, state);
         for spec in &mesh.agents {
             let outbound = AgentOutbound::new(&spec.id, &spec.outbound, vault, redactor.clone())
                 .map_err(|(i, (field, message))| ManifestError {
@@ -399,15 +401,16 @@ impl Host {
             let granted = Granted {
                 http: !spec.outbound.is_empty(),
             };
+            let unreadable = |reason| LoadError::Unreadable {
+                file: mesh.file.clone(),
+                agent: spec.id.clone(),
+                component: spec.component.clone(),
+                reason,
+            };
+            // The function bodies are validated below, before compiling, unless the
+            // compiled form is cached: made from these very bytes after they passed.
             let verdict =
-                policy::check_granted(&spec.wasm, spec.policy, granted).map_err(|reason| {
-                    LoadError::Unreadable {
-                        file: mesh.file.clone(),
-                        agent: spec.id.clone(),
-                        component: spec.component.clone(),
-                        reason,
-                    }
-                })?;
+                policy::check_structure(&spec.wasm, spec.policy, granted).map_err(unreadable)?;
             if !verdict.admitted() {
                 return Err(LoadError::Refused {
                     file: mesh.file.clone(),
@@ -420,8 +423,14 @@ impl Host {
             let component = match compiled.get(&digest) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Component::new(&engine, &*spec.wasm)
-                        .map_err(|e| link_err(&spec.id, &spec.component, e))?;
+                    let c = match disk.get(&digest) {
+                        Some(c) => c,
+                        None => {
+                            policy::validate(&spec.wasm).map_err(unreadable)?;
+                            disk.compile(&spec.wasm, &digest)
+                                .map_err(|e| link_err(&spec.id, &spec.component, e))?
+                        }
+                    };
                     compiled.insert(digest, c.clone());
                     c
                 }
@@ -461,6 +470,8 @@ impl Host {
         let store = Arc::new(Store::open(state)?);
         // Tasks a previous host claimed but never finished are redelivered.
         let recovered = store.recover()?;
+        // Only a load that succeeded leaves compiled components behind.
+        disk.persist();
         Ok(Host {
             inner: Arc::new(Inner {
                 _ticker: Ticker::start(engine.clone()),

@@ -5,6 +5,7 @@ mod common;
 mod http_fixture;
 
 mod audit_log;
+mod compiled_cache;
 mod cred_echo_redacted;
 mod cred_guest_header;
 mod cred_injection;
