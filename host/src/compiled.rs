@@ -14,9 +14,9 @@
 //! match their digest) or a swapped one (an entry made for another component or engine,
 //! or not made by this cache) is caught: the host warns, recompiles and overwrites it. The
 //! cache never fails a load: an unreadable entry is a miss, and a directory that cannot be
-//! written means compiling at every load, with one warning per load. The digests catch accidents
-//! and misplaced files, not a forger: whoever can write the state directory can rewrite
-//! the store too, so that directory is trusted like the host binary.
+//! written means compiling at every load, with one warning per load. The digests catch
+//! accidents and misplaced files, not a forger: whoever can write the state directory can
+//! rewrite the store too, so that directory is trusted like the host binary.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
@@ -90,12 +90,14 @@ impl<'a> Cache<'a> {
     }
 
     /// The component whose sha256 is `digest`, from its entry, if there is a sound one.
-    /// A missing entry is a quiet miss; any other failure is a warning and a miss.
+    /// A missing entry (or cache directory) is a quiet miss; any other failure is a
+    /// warning and a miss.
     pub fn get(&self, digest: &[u8]) -> Option<Component> {
+        use std::io::ErrorKind::{NotADirectory, NotFound};
         let path = self.path(digest);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if matches!(e.kind(), NotFound | NotADirectory) => return None,
             Err(e) => {
                 tracing::warn!(
                     "compiled cache: cannot read `{}`: {e}; compiling instead",
