@@ -16,6 +16,7 @@
 //! - [`mesh`]: the host side of `baton:agent/mesh` (hand-off, check-inbox, read-blackboard).
 //! - [`store`]: the redb store: blackboard with version history, inboxes, tasks, handoffs.
 //! - [`runtime`]: the wasmtime engine, loading agents, activations and their limits.
+//! - [`compiled`]: the on-disk cache of compiled components, checked before it is trusted.
 //! - [`report`]: the chain of a task, as JSON for machines and text for people.
 //! - [`demo`]: the zero-config example meshes, one per pattern, embedded in the binary.
 //! - [`mod@bench`]: `baton bench`, what isolation and durability cost.
@@ -24,6 +25,7 @@
 pub mod bench;
 pub mod bindings;
 pub mod cli;
+pub mod compiled;
 pub mod demo;
 pub mod grants;
 pub mod manifest;

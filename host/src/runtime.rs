@@ -401,6 +401,21 @@ impl Host {
     /// [`Host::load`], with the operator's secrets: every secret the outbound rules name
     /// must be in `vault`, or nothing loads.
     pub fn load_with(mesh: &Mesh, state: &Path, vault: &Vault) -> Result<Host, LoadError> {
+        Host::load_on(mesh, state, vault, || {
+            Ok(Arc::new(Store::open(state)?) as Arc<dyn Backend>)
+        })
+    }
+
+    /// [`Host::load_with`], keeping state in the [`Backend`] that `open` returns instead
+    /// of the redb store in `state` (which still holds agent logs and compiled
+    /// components). `open` runs only once every agent has loaded, so a mesh that does not
+    /// load touches no backend.
+    pub fn load_on(
+        mesh: &Mesh,
+        state: &Path,
+        vault: &Vault,
+        open: impl FnOnce() -> Result<Arc<dyn Backend>, StoreError>,
+    ) -> Result<Host, LoadError> {
         let engine = engine()?;
         let link_err = |agent: &str, component: &str, e: wasmtime::Error| LoadError::Link {
             file: mesh.file.clone(),
@@ -420,8 +435,10 @@ impl Host {
 
         let mut agents = HashMap::new();
         let mut policies = HashMap::new();
-        // Agents often share a component (a pool of workers); compile each one once.
+        // Agents often share a component (a pool of workers); compile each one once, and
+        // only if its compiled form is not on disk already.
         let mut compiled: HashMap<Vec<u8>, Component> = HashMap::new();
+        let mut disk = crate::compiled::Cache::new(&engine, state);
         for spec in &mesh.agents {
             let outbound = AgentOutbound::new(&spec.id, &spec.outbound, vault, redactor.clone())
                 .map_err(|(i, (field, message))| ManifestError {
@@ -433,15 +450,16 @@ impl Host {
             let granted = Granted {
                 http: !spec.outbound.is_empty(),
             };
+            let unreadable = |reason| LoadError::Unreadable {
+                file: mesh.file.clone(),
+                agent: spec.id.clone(),
+                component: spec.component.clone(),
+                reason,
+            };
+            // The function bodies are validated below, before compiling, unless the
+            // compiled form is cached: made from these very bytes after they passed.
             let verdict =
-                policy::check_granted(&spec.wasm, spec.policy, granted).map_err(|reason| {
-                    LoadError::Unreadable {
-                        file: mesh.file.clone(),
-                        agent: spec.id.clone(),
-                        component: spec.component.clone(),
-                        reason,
-                    }
-                })?;
+                policy::check_structure(&spec.wasm, spec.policy, granted).map_err(unreadable)?;
             if !verdict.admitted() {
                 return Err(LoadError::Refused {
                     file: mesh.file.clone(),
@@ -454,8 +472,14 @@ impl Host {
             let component = match compiled.get(&digest) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Component::new(&engine, &*spec.wasm)
-                        .map_err(|e| link_err(&spec.id, &spec.component, e))?;
+                    let c = match disk.get(&digest) {
+                        Some(c) => c,
+                        None => {
+                            policy::validate(&spec.wasm).map_err(unreadable)?;
+                            disk.compile(&spec.wasm, &digest)
+                                .map_err(|e| link_err(&spec.id, &spec.component, e))?
+                        }
+                    };
                     compiled.insert(digest, c.clone());
                     c
                 }
@@ -492,10 +516,12 @@ impl Host {
             );
         }
 
-        let store = Arc::new(Store::open(state)?);
+        let store = open()?;
         // Tasks a previous host claimed but never finished are redelivered.
         let recovered = store.recover()?;
         store.set_commit_policy(CommitPolicy::Group);
+        // Only a load that succeeded leaves compiled components behind.
+        disk.persist();
         Ok(Host {
             inner: Arc::new(Inner {
                 _ticker: Ticker::start(engine.clone()),

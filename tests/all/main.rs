@@ -5,6 +5,7 @@ mod common;
 mod http_fixture;
 
 mod audit_log;
+mod compiled_cache;
 #[cfg(unix)]
 mod crash_sigkill;
 mod cred_echo_redacted;
@@ -38,4 +39,5 @@ mod redteam_swap;
 mod redteam_vault;
 mod restart;
 mod routing;
+mod store_backend;
 mod vault_missing;
