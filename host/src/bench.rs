@@ -19,7 +19,7 @@ use crate::runtime::Host;
 use crate::store::{CommitPolicy, Param, ParamValue, Pattern, Status, TaskRecord};
 
 /// Handoffs in flight at once in the handoff measurements.
-const IN_FLIGHT: usize = 32;
+pub const IN_FLIGHT: usize = 32;
 
 /// Percentiles of a latency sample, in microseconds.
 #[derive(Debug, Clone, Serialize)]

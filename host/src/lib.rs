@@ -14,8 +14,10 @@
 //! - [`outbound`]: the HTTP an agent may send, the credentials the host attaches to it,
 //!   and the redaction of secrets from responses.
 //! - [`mesh`]: the host side of `baton:agent/mesh` (hand-off, check-inbox, read-blackboard).
-//! - [`store`]: the redb store: blackboard with version history, inboxes, tasks, handoffs.
-//! - [`runtime`]: the wasmtime engine, loading agents, activations and their limits.
+//! - [`store`]: the state behind the `Backend` trait, and its redb implementation:
+//!   blackboard with version history, inboxes, tasks, handoffs; group commit.
+//! - [`runtime`]: the wasmtime engine and its instance pool, loading agents, activations
+//!   and their limits.
 //! - [`compiled`]: the on-disk cache of compiled components, checked before it is trusted.
 //! - [`report`]: the chain of a task, as JSON for machines and text for people.
 //! - [`demo`]: the zero-config example meshes, one per pattern, embedded in the binary.

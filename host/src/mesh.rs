@@ -578,8 +578,11 @@ impl Host for MeshView<'_> {
     async fn check_inbox(&mut self, max: u32, wait_ms: u32) -> wasmtime::Result<Vec<wit::Task>> {
         let shared = self.ctx.shared.clone();
         let agent = &self.ctx.agent.id;
+        let claimer = &self.ctx.task.id;
         let claimed = wait_for_change(&shared, self.ctx.wait_bound(wait_ms), || {
-            let tasks = shared.store.claim_inbox(agent, max.min(MAX_CLAIM))?;
+            let tasks = shared
+                .store
+                .claim_inbox(agent, claimer, max.min(MAX_CLAIM))?;
             Ok((!tasks.is_empty()).then_some(tasks))
         })
         .await

@@ -108,3 +108,51 @@ async fn a_task_left_running_by_a_dead_host_is_redelivered() {
         "the researcher handed off once, after recovery"
     );
 }
+
+#[tokio::test]
+async fn tasks_a_dead_activation_claimed_from_its_inbox_go_back_to_the_inbox() {
+    let state = tempfile::tempdir().unwrap();
+    let echo_mesh = || mesh(vec![agent("echo", baton_artifacts::echo::WASM)]);
+    let (first, second) = {
+        let host = Host::load(&echo_mesh(), state.path()).unwrap();
+        let submit = |n: i64| {
+            host.submit("echo", "echo this", None, vec![int("n", n)])
+                .unwrap()
+                .task
+        };
+        let (first, second) = (submit(1), submit(2));
+        // The first task's activation starts and takes the second through `check-inbox`;
+        // then the host "dies" before that activation ends.
+        let running = host
+            .store()
+            .claim_next(&mut |t, _| Some(t.to_string()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(running.id, first);
+        let taken = host.store().claim_inbox("echo", &first, 10).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].id, second);
+        assert_eq!(
+            host.store().task(&second).unwrap().unwrap().status,
+            Status::Delivered
+        );
+        (first, second)
+    };
+
+    // The next host redelivers the first task and gives the second back: neither is lost
+    // with the activation that held them.
+    let host = Host::load(&echo_mesh(), state.path()).unwrap();
+    assert_eq!(host.recovered(), 1);
+    assert_eq!(
+        host.store().task(&second).unwrap().unwrap().status,
+        Status::Pending
+    );
+    host.run_until_idle().await.unwrap();
+    for (task, n) in [(&first, 1), (&second, 2)] {
+        let report = baton::Report::for_task(host.store(), task)
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.status, "completed", "{report:?}");
+        assert_eq!(report.outcome["params"]["n"], n, "{report:?}");
+    }
+}

@@ -66,8 +66,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         &self,
         pick: &mut dyn FnMut(&str, &[&str]) -> Option<String>,
     ) -> Result<Option<TaskRecord>, StoreError>;
-    /// Claim up to `max` pending tasks from `agent`'s inbox.
-    fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Claim up to `max` pending tasks from `agent`'s inbox for its running task
+    /// `claimer`; given back if the claimer fails or its host dies.
+    fn claim_inbox(
+        &self,
+        agent: &str,
+        claimer: &str,
+        max: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Store a task's outcome and any reply.
     fn complete(
         &self,
@@ -166,8 +172,13 @@ impl Backend for Store {
     ) -> Result<Option<TaskRecord>, StoreError> {
         Store::claim_next(self, pick)
     }
-    fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError> {
-        Store::claim_inbox(self, agent, max)
+    fn claim_inbox(
+        &self,
+        agent: &str,
+        claimer: &str,
+        max: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        Store::claim_inbox(self, agent, claimer, max)
     }
     fn complete(
         &self,

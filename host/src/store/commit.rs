@@ -10,8 +10,8 @@
 //! - [`CommitPolicy::Group`]: acknowledged writes commit without an fsync; a syncer thread
 //!   then makes one immediate commit that covers every write committed before it started,
 //!   and whoever waits on [`Store::durable`](super::Store::durable) learns it is on disk.
-//!   Writers that commit while a flush runs share the next one, so under load one fsync
-//!   acknowledges many handoffs. Nothing is acknowledged before its flush: the caller of
+//!   The syncer starts a flush once writes stop arriving for 150 µs, or 4 ms after the
+//!   first, so under load one fsync acknowledges many handoffs. Nothing is acknowledged before its flush: the caller of
 //!   a write waits for `durable` before it tells anyone (the agent's receipt, the
 //!   operator's task id, the activation's end).
 //!
@@ -22,11 +22,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::watch;
 
 use super::StoreError;
+
+/// A flush waits for writers until none commits for this long...
+const QUIET: Duration = Duration::from_micros(150);
+/// ...or this long has passed since the first of them.
+const WINDOW: Duration = Duration::from_millis(4);
 
 /// How acknowledged writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +221,21 @@ fn run(db: &Database, state: &(Mutex<Progress>, Condvar, Condvar), synced: &watc
             }
             if p.committed == p.attempted {
                 return; // stopping, and nothing is left to flush
+            }
+            // The flush holds redb's write lock through its fsync, so every writer waits
+            // for it: flushing the moment one commit arrives would let one write in per
+            // fsync. Let writers in while they keep coming, until a quiet gap or the
+            // window closes, then flush them all at once.
+            let opened = Instant::now();
+            while !p.stop && opened.elapsed() < WINDOW {
+                let seen = p.committed;
+                p = work
+                    .wait_timeout(p, QUIET)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                if p.committed == seen {
+                    break;
+                }
             }
             p.committed
         };

@@ -53,6 +53,9 @@ const HANDOFFS: TableDefinition<&str, &str> = TableDefinition::new("handoffs");
 /// (task, n) → handoff id: the n-th hand-off made while handling that task, so a
 /// redelivered task that hands off again gets the original back (see `Store::hand_off`).
 const HANDOFF_ONCE: TableDefinition<(&str, u32), &str> = TableDefinition::new("handoff_once");
+/// (running task, task it claimed through `check-inbox`): given back if the first one
+/// fails or its host dies, so a claimed task is never lost with its claimer.
+const INBOX_CLAIMS: TableDefinition<(&str, &str), ()> = TableDefinition::new("inbox_claims");
 /// (agent or `capability:<name>`, seq) → task id: what `check-inbox` claims from.
 const INBOX: TableDefinition<(&str, u64), &str> = TableDefinition::new("inbox");
 /// seq → `<target>\t<task>\t<not-before>`: the order in which the host wakes agents.
@@ -157,6 +160,7 @@ impl Store {
             txn.open_table(TASKS)?;
             txn.open_table(HANDOFFS)?;
             txn.open_table(HANDOFF_ONCE)?;
+            txn.open_table(INBOX_CLAIMS)?;
             txn.open_table(INBOX)?;
             txn.open_table(READY)?;
             txn.open_table(RUNNING)?;

@@ -10,8 +10,8 @@ use redb::{ReadableTable, WriteTransaction};
 use sha2::{Digest, Sha256};
 
 use super::{
-    CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, OPERATOR_INBOX, READY, RUNNING, STREAMS, Store,
-    StoreError, TASKS, get_json, next, now_ms, put, put_json, try_get_json,
+    CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, READY, RUNNING,
+    STREAMS, Store, StoreError, TASKS, get_json, next, now_ms, put, put_json, try_get_json,
 };
 use crate::grants::output_key;
 use crate::manifest::{OPERATOR, hex};
@@ -179,8 +179,15 @@ impl Store {
         Ok(Some(task))
     }
 
-    /// Claim up to `max` pending tasks from `agent`'s inbox (for `check-inbox`).
-    pub fn claim_inbox(&self, agent: &str, max: u32) -> Result<Vec<TaskRecord>, StoreError> {
+    /// Claim up to `max` pending tasks from `agent`'s inbox (for `check-inbox`), on
+    /// behalf of its running task `claimer`. They stay the claimer's until it completes;
+    /// if it fails, or the host dies first, they go back to the inbox.
+    pub fn claim_inbox(
+        &self,
+        agent: &str,
+        claimer: &str,
+        max: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let now = now_ms();
         let txn = self.begin_lazy()?;
         let mut claimed = Vec::new();
@@ -204,6 +211,8 @@ impl Store {
                 task.agent = Some(agent.to_string());
                 task.finished_at = Some(now);
                 deliver(&txn, &task)?;
+                txn.open_table(INBOX_CLAIMS)?
+                    .insert((claimer, task.id.as_str()), ())?;
                 claimed.push(task);
             }
         }
@@ -235,6 +244,8 @@ impl Store {
             task.error = None;
             put_json(&txn, TASKS, &task.id, &task)?;
             txn.open_table(RUNNING)?.remove(task.id.as_str())?;
+            // What it claimed through `check-inbox` was handled with it.
+            release_claims(&txn, &task.id, false)?;
             send_reply(&txn, &task, summary, reply_deadline_ms)?;
             task
         };
@@ -253,6 +264,7 @@ impl Store {
         reply_deadline_ms: u64,
     ) -> Result<TaskRecord, StoreError> {
         let txn = self.db.begin_write()?;
+        release_claims(&txn, task_id, true)?;
         let task = fail_in(&txn, task_id, kind, reason, reply_deadline_ms)?;
         self.commit_ack(txn)?;
         Ok(task)
@@ -269,6 +281,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for id in &ids {
             txn.open_table(RUNNING)?.remove(id.as_str())?;
+            release_claims(&txn, id, true)?;
             let mut task: TaskRecord = get_json(&txn, TASKS, id)?;
             task.status = Status::Pending;
             task.agent = None;
@@ -520,6 +533,43 @@ pub(super) fn make_ready(txn: &WriteTransaction, task: &TaskRecord) -> Result<()
     );
     txn.open_table(READY)?.insert(seq, entry.as_str())?;
     Ok(())
+}
+
+/// Forget what `claimer` claimed through `check-inbox`; with `give_back`, put those
+/// tasks back in their inbox, pending, as if never claimed (their claimer failed or died).
+fn release_claims(
+    txn: &WriteTransaction,
+    claimer: &str,
+    give_back: bool,
+) -> Result<usize, StoreError> {
+    let claimed: Vec<String> = {
+        let claims = txn.open_table(INBOX_CLAIMS)?;
+        let mut ids = Vec::new();
+        for row in claims.range((claimer, "")..)? {
+            let (k, _) = row?;
+            let (by, id) = k.value();
+            if by != claimer {
+                break;
+            }
+            ids.push(id.to_string());
+        }
+        ids
+    };
+    for id in &claimed {
+        txn.open_table(INBOX_CLAIMS)?
+            .remove((claimer, id.as_str()))?;
+        if !give_back {
+            continue;
+        }
+        let mut task: TaskRecord = get_json(txn, TASKS, id)?;
+        if task.status == Status::Delivered {
+            task.status = Status::Pending;
+            task.agent = None;
+            task.finished_at = None;
+            make_ready(txn, &task)?;
+        }
+    }
+    Ok(claimed.len())
 }
 
 /// Mark a task delivered to its agent: save it and grant its pointer.
