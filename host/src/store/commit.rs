@@ -78,7 +78,7 @@ pub(super) struct Syncer {
     progress: Arc<(Mutex<Progress>, Condvar, Condvar)>,
     /// `synced`, for async waiters.
     synced: watch::Sender<u64>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 fn lock(m: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
@@ -101,7 +101,7 @@ impl Syncer {
             group: AtomicBool::new(false),
             progress,
             synced,
-            thread: Mutex::new(Some(thread)),
+            thread: Some(thread),
         }
     }
 
@@ -183,8 +183,7 @@ impl Drop for Syncer {
         let (m, work, _) = &*self.progress;
         lock(m).stop = true;
         work.notify_one();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread
+        if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
             tracing::error!("the syncer thread panicked; unsynced commits are redone at restart");
