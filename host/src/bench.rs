@@ -350,7 +350,12 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
     host.store().set_commit_policy(CommitPolicy::Immediate);
     let blackboard_durable = run("blackboard_durable", "writer", Pattern::Blackboard).await?;
     host.store().set_commit_policy(CommitPolicy::Group);
+    let counted = host.store().group_commit_counts();
     let blackboard_fast = run("blackboard_fast", "writer", Pattern::Blackboard).await?;
+    let writes_per_fsync = match (counted, host.store().group_commit_counts()) {
+        (Some((w0, f0)), Some((w1, f1))) if f1 > f0 => json!((w1 - w0) as f64 / (f1 - f0) as f64),
+        _ => serde_json::Value::Null,
+    };
     let push = run("push", "echo", Pattern::Push).await?;
     let pull = run("pull", "capability:bench", Pattern::Pull).await?;
 
@@ -375,6 +380,7 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
             "blackboard_durable": CommitPolicy::Immediate.describe(),
             "push_pull_policy": "group commit (the host's default)",
             "cpu_us_per_handoff": cpu,
+            "blackboard_fast_writes_per_fsync": writes_per_fsync,
             "load": format!(
                 "a mesh of the heavy agent ({:.1} MiB component): cold = first load, compiled by cranelift into an empty state directory; cached = loads of the same mesh in the same state directory after the host is dropped, its compiled form read from `compiled/`, verified and deserialized",
                 a::heavy::WASM.len() as f64 / (1024.0 * 1024.0)

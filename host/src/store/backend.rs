@@ -39,6 +39,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// [`Backend::durable`], blocking the calling thread.
     fn durable_blocking(&self) -> Result<(), StoreError>;
+    /// Under group commit, acknowledged writes committed and flushes that made them
+    /// durable so far, if the backend counts them.
+    fn group_commit_counts(&self) -> Option<(u64, u64)> {
+        None
+    }
 
     /// One version of `key` (the newest when `version` is `None`).
     fn read(&self, key: &str, version: Option<u64>) -> Result<Option<EntryRecord>, StoreError>;
@@ -135,6 +140,9 @@ impl Backend for Store {
     }
     fn durable_blocking(&self) -> Result<(), StoreError> {
         Store::durable_blocking(self)
+    }
+    fn group_commit_counts(&self) -> Option<(u64, u64)> {
+        Some(Store::group_commit_counts(self))
     }
     fn read(&self, key: &str, version: Option<u64>) -> Result<Option<EntryRecord>, StoreError> {
         Store::read(self, key, version)

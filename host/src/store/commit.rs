@@ -66,6 +66,8 @@ struct Progress {
     synced: u64,
     /// The syncer has tried up to this one.
     attempted: u64,
+    /// Flushes made so far.
+    flushes: u64,
     /// The last flush failed: commits up to `.0` may be lost, and why.
     failed: Option<(u64, String)>,
     /// The store is closing: flush what is left and end.
@@ -139,6 +141,12 @@ impl Syncer {
         let p = lock(&self.progress.0);
         check(&p, p.committed)?;
         Ok((p.committed > p.synced).then_some(p.committed))
+    }
+
+    /// Acknowledged writes committed unsynced, and the flushes that synced them, so far.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        let p = lock(&self.progress.0);
+        (p.committed, p.flushes)
     }
 
     /// Wait until every write committed before this call is on disk.
@@ -241,6 +249,7 @@ fn run(db: &Database, state: &(Mutex<Progress>, Condvar, Condvar), synced: &watc
         let flushed = flush(db);
         let mut p = lock(m);
         p.attempted = target;
+        p.flushes += 1;
         match flushed {
             Ok(()) => {
                 p.synced = target;
@@ -264,4 +273,74 @@ fn flush(db: &Database) -> Result<(), StoreError> {
     txn.set_durability(Durability::Immediate)?;
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::CommitPolicy;
+    use crate::store::{Kind, NewHandoff, Pattern, Store};
+
+    fn handoff(i: usize) -> NewHandoff {
+        NewHandoff {
+            from: "operator".into(),
+            parent: None,
+            to: "writer".into(),
+            route: None,
+            kind: Kind::Work,
+            summary: format!("task {i}"),
+            completed: Vec::new(),
+            outstanding: Vec::new(),
+            params: Vec::new(),
+            pattern: Pattern::Blackboard,
+            data: Some(format!("{{\"n\":{i}}}").into_bytes()),
+            deadline_ms: 30_000,
+            fallback: crate::store::Fallback::None,
+            reply: false,
+            in_reply_to: None,
+            nth: None,
+            pointer: None,
+            inbox_depth: 1_000,
+        }
+    }
+
+    /// Writers that commit together share fsyncs, and each learns its write is on disk:
+    /// after the store is reopened, every acknowledged handoff is there.
+    #[test]
+    fn concurrent_writers_share_flushes_and_every_acknowledged_write_survives() {
+        const WRITERS: usize = 32;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store.set_commit_policy(CommitPolicy::Group);
+        let start = Arc::new(Barrier::new(WRITERS));
+        let tasks: Vec<String> = (0..WRITERS)
+            .map(|i| {
+                let (store, start) = (store.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let c = store.hand_off(handoff(i)).unwrap().unwrap();
+                    store.durable_blocking().unwrap();
+                    c.task
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let (committed, flushes) = store.syncer.counts();
+        assert_eq!(committed, WRITERS as u64);
+        assert!(
+            flushes < WRITERS as u64,
+            "{WRITERS} writers at once took {flushes} flushes: nothing was shared"
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        for t in &tasks {
+            assert!(
+                store.task(t).unwrap().is_some(),
+                "acknowledged task {t} is gone"
+            );
+        }
+    }
 }

@@ -190,6 +190,12 @@ impl Store {
         self.syncer.policy()
     }
 
+    /// Under group commit: how many acknowledged writes were committed unsynced, and how
+    /// many flushes made them durable, since the store was opened.
+    pub fn group_commit_counts(&self) -> (u64, u64) {
+        self.syncer.counts()
+    }
+
     /// Wait until every write this store committed before the call is on disk. Under
     /// [`CommitPolicy::Immediate`] it already is. An error means the write may be lost:
     /// it must not be acknowledged.
