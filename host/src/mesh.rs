@@ -725,7 +725,7 @@ impl Host for MeshView<'_> {
 /// Try `attempt` until it yields something or `bound` has passed, sleeping between tries
 /// until the store changes. `None` when the bound passed first. The wait yields to the
 /// runtime, so the activation's deadline can always end it.
-pub(crate) async fn wait_for_change<T>(
+async fn wait_for_change<T>(
     shared: &Shared,
     bound: Duration,
     mut attempt: impl FnMut() -> Result<Option<T>, StoreError>,
