@@ -649,3 +649,22 @@ fn run_takes_secrets_from_a_vault_file_or_the_environment_and_never_prints_them(
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!all.contains("sk-env-value"), "{all}");
 }
+
+#[test]
+fn workers_outside_the_instance_pool_are_a_usage_error_that_creates_no_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for workers in ["0", "257", "many"] {
+        let out = baton(&["demo", "--workers", workers, "--state", s(&state)]);
+        assert_eq!(out.status.code(), Some(2), "--workers {workers}: {out:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--workers") && err.contains(workers),
+            "--workers {workers}: {err}"
+        );
+        assert!(!state.exists(), "--workers {workers} created state");
+    }
+    let out = baton(&["demo", "--workers", "256", "--state", s(&state), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["status"], "completed");
+}
