@@ -541,7 +541,7 @@ fn release_claims(
     txn: &WriteTransaction,
     claimer: &str,
     give_back: bool,
-) -> Result<usize, StoreError> {
+) -> Result<(), StoreError> {
     let claimed: Vec<String> = {
         let claims = txn.open_table(INBOX_CLAIMS)?;
         let mut ids = Vec::new();
@@ -569,7 +569,7 @@ fn release_claims(
             make_ready(txn, &task)?;
         }
     }
-    Ok(claimed.len())
+    Ok(())
 }
 
 /// Mark a task delivered to its agent: save it and grant its pointer.
