@@ -109,23 +109,23 @@ impl Store {
         key: &str,
         outcome: Result<u64, &str>,
     ) -> Result<(), StoreError> {
-        let txn = self.begin_lazy()?;
         let (event, detail) = match outcome {
             Ok(version) => ("read", format!("version {version}")),
             Err(why) => ("denied", why.to_string()),
         };
-        append(
-            &txn,
-            AuditEvent {
-                event,
-                agent,
-                key: Some(key),
-                task: Some(task),
-                detail,
-            },
-        )?;
-        txn.commit()?;
-        Ok(())
+        let (agent, task, key) = (agent.to_string(), task.to_string(), key.to_string());
+        self.write(super::commit::Ack::Lazy, move |txn| {
+            append(
+                txn,
+                AuditEvent {
+                    event,
+                    agent: &agent,
+                    key: Some(&key),
+                    task: Some(&task),
+                    detail: detail.clone(),
+                },
+            )
+        })
     }
 
     /// Every audit record, oldest first.

@@ -37,6 +37,7 @@ use crate::manifest::hex;
 
 pub use audit::{AuditRecord, AuditVerdict};
 pub use backend::{Backend, BoxFuture};
+use commit::Ack;
 pub use commit::CommitPolicy;
 pub use queue::{Committed, NewHandoff, Refusal, fingerprint};
 pub use records::*;
@@ -208,10 +209,16 @@ impl Store {
         self.syncer.durable_blocking()
     }
 
-    /// Commit a write that will be acknowledged: immediately, or unsynced for the next
-    /// group flush. Either way the caller awaits [`Store::durable`] before acknowledging.
-    fn commit_ack(&self, txn: WriteTransaction) -> Result<(), StoreError> {
-        self.syncer.commit(txn)
+    /// Apply `f` in a write transaction and return its result once committed (see
+    /// [`commit`]): an acknowledged write is awaited with [`Store::durable`] before it is
+    /// acknowledged. If `f` fails, nothing it wrote is committed. `f` may run more than
+    /// once (a failed batch is redone write by write), each time in a fresh transaction.
+    fn write<T, F>(&self, ack: Ack, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.syncer.write(ack, f)
     }
 
     /// The redb file.
@@ -219,11 +226,11 @@ impl Store {
         &self.path
     }
 
-    /// A write transaction whose commit is not synced to disk by itself: it becomes
-    /// durable with the next immediate commit. Only for writes whose loss in a crash is
-    /// safe because they are redone: a claim (the task is then still pending and is
-    /// redelivered) or a read's audit record (the redelivered task reads, and is audited,
-    /// again). Acknowledgements (handoffs, completions, failures) always commit immediately.
+    /// A write transaction of the caller's own whose commit is not synced to disk by
+    /// itself: it becomes durable with the next immediate commit. Only for writes whose
+    /// loss in a crash is safe because they are redone (see [`Ack::Lazy`]) and that
+    /// cannot go to the writer thread because they borrow their caller's state (the
+    /// scheduler's claim, whose choice of agent depends on what is running).
     fn begin_lazy(&self) -> Result<redb::WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
@@ -240,24 +247,12 @@ impl Store {
                 None => return Ok(None),
             },
         };
-        let meta = txn.open_table(BB_META)?;
-        let Some(m) = meta.get((key, version))? else {
-            return Ok(None);
-        };
-        let meta: EntryMeta = decode(key, m.value())?;
-        let value = txn
-            .open_table(BB_VALUES)?
-            .get((key, version))?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default();
-        Ok(Some(EntryRecord {
-            key: key.to_string(),
+        entry(
+            &txn.open_table(BB_META)?,
+            &txn.open_table(BB_VALUES)?,
+            key,
             version,
-            writer: meta.writer,
-            sha256: meta.sha256,
-            written_at: meta.written_at,
-            value,
-        }))
+        )
     }
 
     /// Every version of `key`, oldest first.
@@ -366,6 +361,32 @@ fn pending(
     target: &str,
 ) -> Result<u64, StoreError> {
     Ok(inbox.range((target, 0)..=(target, u64::MAX))?.count() as u64)
+}
+
+/// Version `version` of `key`, from the blackboard's tables in a read or a write
+/// transaction.
+fn entry(
+    meta: &impl ReadableTable<(&'static str, u64), &'static str>,
+    values: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    key: &str,
+    version: u64,
+) -> Result<Option<EntryRecord>, StoreError> {
+    let Some(m) = meta.get((key, version))? else {
+        return Ok(None);
+    };
+    let meta: EntryMeta = decode(key, m.value())?;
+    let value = values
+        .get((key, version))?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    Ok(Some(EntryRecord {
+        key: key.to_string(),
+        version,
+        writer: meta.writer,
+        sha256: meta.sha256,
+        written_at: meta.written_at,
+        value,
+    }))
 }
 
 /// Append a version of `key` written by `writer`.

@@ -2,6 +2,7 @@
 
 use redb::{ReadableDatabase as _, ReadableTable as _};
 
+use super::commit::Ack;
 use super::queue::{Outcome, Refusal};
 use super::{OPERATOR_INBOX, Store, StoreError, decode, get_json, now_ms, put_json};
 use crate::store::records::Escalation;
@@ -25,23 +26,24 @@ impl Store {
 
     /// Mark the escalation of `task` resolved, with the operator's note.
     pub fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation> {
-        let txn = self.db.begin_write()?;
-        let exists = txn.open_table(OPERATOR_INBOX)?.get(task)?.is_some();
-        if !exists {
-            return Ok(Err(Refusal::NotFound(format!(
-                "no escalation for task `{task}` in the operator inbox"
-            ))));
-        }
-        let mut e: Escalation = get_json(&txn, OPERATOR_INBOX, task)?;
-        if e.resolved_at.is_some() {
-            return Ok(Err(Refusal::Invalid(format!(
-                "the escalation of task `{task}` is already resolved"
-            ))));
-        }
-        e.resolved_at = Some(now_ms());
-        e.note = note.map(str::to_string);
-        put_json(&txn, OPERATOR_INBOX, task, &e)?;
-        self.commit_ack(txn)?;
-        Ok(Ok(e))
+        let (task, note) = (task.to_string(), note.map(str::to_string));
+        self.write(Ack::Acknowledged, move |txn| {
+            let exists = txn.open_table(OPERATOR_INBOX)?.get(task.as_str())?.is_some();
+            if !exists {
+                return Ok(Err(Refusal::NotFound(format!(
+                    "no escalation for task `{task}` in the operator inbox"
+                ))));
+            }
+            let mut e: Escalation = get_json(txn, OPERATOR_INBOX, &task)?;
+            if e.resolved_at.is_some() {
+                return Ok(Err(Refusal::Invalid(format!(
+                    "the escalation of task `{task}` is already resolved"
+                ))));
+            }
+            e.resolved_at = Some(now_ms());
+            e.note.clone_from(&note);
+            put_json(txn, OPERATOR_INBOX, &task, &e)?;
+            Ok(Ok(e))
+        })
     }
 }

@@ -9,6 +9,7 @@
 use redb::{ReadableTable, WriteTransaction};
 use sha2::{Digest, Sha256};
 
+use super::commit::Ack;
 use super::{
     CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, READY, RUNNING,
     STREAMS, Store, StoreError, TASKS, get_json, next, now_ms, put, put_json, try_get_json,
@@ -112,13 +113,7 @@ impl Store {
     /// agents are deterministic in the hand-offs they make: a redelivered activation that
     /// hands off differently still gets the original receipts for its first n hand-offs.
     pub fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
-        let txn = self.db.begin_write()?;
-        let committed = match record_handoff(&txn, h)? {
-            Ok(c) => c,
-            Err(r) => return Ok(Err(r)),
-        };
-        self.commit_ack(txn)?;
-        Ok(Ok(committed))
+        self.write(Ack::Acknowledged, move |txn| record_handoff(txn, h.clone()))
     }
 
     /// Claim the oldest ready task that `pick` finds an agent for: `pick` gets the task's
@@ -188,36 +183,10 @@ impl Store {
         claimer: &str,
         max: u32,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        let now = now_ms();
-        let txn = self.begin_lazy()?;
-        let mut claimed = Vec::new();
-        {
-            let entries: Vec<(u64, String)> = txn
-                .open_table(INBOX)?
-                .range((agent, 0)..=(agent, u64::MAX))?
-                .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_string())))
-                .collect::<Result<_, _>>()?;
-            for (seq, tid) in entries {
-                if claimed.len() >= max as usize {
-                    break;
-                }
-                let mut task: TaskRecord = get_json(&txn, TASKS, &tid)?;
-                if task.not_before > now {
-                    continue;
-                }
-                txn.open_table(INBOX)?.remove((agent, seq))?;
-                txn.open_table(READY)?.remove(seq)?;
-                task.status = Status::Delivered;
-                task.agent = Some(agent.to_string());
-                task.finished_at = Some(now);
-                deliver(&txn, &task)?;
-                txn.open_table(INBOX_CLAIMS)?
-                    .insert((claimer, task.id.as_str()), ())?;
-                claimed.push(task);
-            }
-        }
-        txn.commit()?;
-        Ok(claimed)
+        let (agent, claimer) = (agent.to_string(), claimer.to_string());
+        self.write(Ack::Lazy, move |txn| {
+            claim_inbox_in(txn, &agent, &claimer, max)
+        })
     }
 
     /// Store the outcome of `task` at `output/<agent>/<task>`, mark it completed, and, if
@@ -230,27 +199,10 @@ impl Store {
         data: &[u8],
         reply_deadline_ms: u64,
     ) -> Result<TaskRecord, StoreError> {
-        let txn = self.db.begin_write()?;
-        let task = {
-            let mut task: TaskRecord = get_json(&txn, TASKS, task_id)?;
-            let now = now_ms();
-            let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
-            let key = output_key(&agent, &task.id);
-            put(&txn, &key, &agent, data, now)?;
-            task.status = Status::Completed;
-            task.finished_at = Some(now);
-            task.outcome_key = Some(key);
-            task.outcome_summary = Some(summary.to_string());
-            task.error = None;
-            put_json(&txn, TASKS, &task.id, &task)?;
-            txn.open_table(RUNNING)?.remove(task.id.as_str())?;
-            // What it claimed through `check-inbox` was handled with it.
-            release_claims(&txn, &task.id, false)?;
-            send_reply(&txn, &task, summary, reply_deadline_ms)?;
-            task
-        };
-        self.commit_ack(txn)?;
-        Ok(task)
+        let (task_id, summary, data) = (task_id.to_string(), summary.to_string(), data.to_vec());
+        self.write(Ack::Acknowledged, move |txn| {
+            complete_in(txn, &task_id, &summary, &data, reply_deadline_ms)
+        })
     }
 
     /// Record that `task` failed, and apply its fallback in the same commit: redeliver a
@@ -263,32 +215,32 @@ impl Store {
         reason: &str,
         reply_deadline_ms: u64,
     ) -> Result<TaskRecord, StoreError> {
-        let txn = self.db.begin_write()?;
-        release_claims(&txn, task_id, true)?;
-        let task = fail_in(&txn, task_id, kind, reason, reply_deadline_ms)?;
-        self.commit_ack(txn)?;
-        Ok(task)
+        let (task_id, reason) = (task_id.to_string(), reason.to_string());
+        self.write(Ack::Acknowledged, move |txn| {
+            release_claims(txn, &task_id, true)?;
+            fail_in(txn, &task_id, kind, &reason, reply_deadline_ms)
+        })
     }
 
     /// Make every task that was running when the host stopped ready again (a crash left
     /// them claimed but unfinished). Returns how many were redelivered.
     pub fn recover(&self) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write()?;
-        let ids: Vec<String> = txn
-            .open_table(RUNNING)?
-            .iter()?
-            .map(|r| r.map(|(k, _)| k.value().to_string()))
-            .collect::<Result<_, _>>()?;
-        for id in &ids {
-            txn.open_table(RUNNING)?.remove(id.as_str())?;
-            release_claims(&txn, id, true)?;
-            let mut task: TaskRecord = get_json(&txn, TASKS, id)?;
-            task.status = Status::Pending;
-            task.agent = None;
-            make_ready(&txn, &task)?;
-        }
-        txn.commit()?;
-        Ok(ids.len())
+        self.write(Ack::Acknowledged, |txn| {
+            let ids: Vec<String> = txn
+                .open_table(RUNNING)?
+                .iter()?
+                .map(|r| r.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                txn.open_table(RUNNING)?.remove(id.as_str())?;
+                release_claims(txn, id, true)?;
+                let mut task: TaskRecord = get_json(txn, TASKS, id)?;
+                task.status = Status::Pending;
+                task.agent = None;
+                make_ready(txn, &task)?;
+            }
+            Ok(ids.len())
+        })
     }
 
     /// Whether any task is ready but waiting for its backoff to pass.
@@ -305,6 +257,67 @@ impl Store {
         }
         Ok(false)
     }
+}
+
+/// The body of [`Store::claim_inbox`].
+fn claim_inbox_in(
+    txn: &WriteTransaction,
+    agent: &str,
+    claimer: &str,
+    max: u32,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let now = now_ms();
+    let entries: Vec<(u64, String)> = txn
+        .open_table(INBOX)?
+        .range((agent, 0)..=(agent, u64::MAX))?
+        .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_string())))
+        .collect::<Result<_, _>>()?;
+    let mut claimed = Vec::new();
+    for (seq, tid) in entries {
+        if claimed.len() >= max as usize {
+            break;
+        }
+        let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
+        if task.not_before > now {
+            continue;
+        }
+        txn.open_table(INBOX)?.remove((agent, seq))?;
+        txn.open_table(READY)?.remove(seq)?;
+        task.status = Status::Delivered;
+        task.agent = Some(agent.to_string());
+        task.finished_at = Some(now);
+        deliver(txn, &task)?;
+        txn.open_table(INBOX_CLAIMS)?
+            .insert((claimer, task.id.as_str()), ())?;
+        claimed.push(task);
+    }
+    Ok(claimed)
+}
+
+/// The body of [`Store::complete`].
+fn complete_in(
+    txn: &WriteTransaction,
+    task_id: &str,
+    summary: &str,
+    data: &[u8],
+    reply_deadline_ms: u64,
+) -> Result<TaskRecord, StoreError> {
+    let mut task: TaskRecord = get_json(txn, TASKS, task_id)?;
+    let now = now_ms();
+    let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+    let key = output_key(&agent, &task.id);
+    put(txn, &key, &agent, data, now)?;
+    task.status = Status::Completed;
+    task.finished_at = Some(now);
+    task.outcome_key = Some(key);
+    task.outcome_summary = Some(summary.to_string());
+    task.error = None;
+    put_json(txn, TASKS, &task.id, &task)?;
+    txn.open_table(RUNNING)?.remove(task.id.as_str())?;
+    // What it claimed through `check-inbox` was handled with it.
+    release_claims(txn, &task.id, false)?;
+    send_reply(txn, &task, summary, reply_deadline_ms)?;
+    Ok(task)
 }
 
 /// One entry of the wake queue.
