@@ -35,6 +35,7 @@ pub mod mesh;
 pub mod outbound;
 pub mod policy;
 pub mod report;
+pub mod roster;
 pub mod runtime;
 pub mod store;
 pub mod vault;

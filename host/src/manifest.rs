@@ -602,5 +602,5 @@ fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
 
 /// Lowercase hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }

@@ -35,9 +35,10 @@ use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
 use crate::store::{
-    Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern,
+    Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Pick, Param, Pattern,
     Refusal, Store, StoreError, TaskRecord, now_ms,
 };
+use crate::roster::Roster;
 use crate::vault::Vault;
 
 /// How often the epoch advances; CPU limits are rounded up to it.
@@ -299,6 +300,7 @@ struct Inner {
     file: String,
     shared: Arc<Shared>,
     agents: HashMap<String, Loaded>,
+    roster: Arc<Roster>,
     log_dir: PathBuf,
     recovered: usize,
     _ticker: Ticker,
@@ -527,6 +529,9 @@ impl Host {
                 _ticker: Ticker::start(engine.clone()),
                 engine,
                 file: mesh.file.clone(),
+                roster: Arc::new(Roster::new(policies.values().map(|p| {
+                    (p.id.as_str(), p.limits.concurrency, &p.capabilities[..])
+                }))),
                 shared: Arc::new(Shared::new(mesh, store, policies)),
                 agents,
                 log_dir: state.join("logs"),
@@ -712,20 +717,20 @@ impl Host {
         let mut set: JoinSet<(String, Result<TaskRecord, StoreError>)> = JoinSet::new();
         let mut ran = 0;
         loop {
-            while !stopped && set.len() < self.workers {
-                let Some(task) = shared
-                    .store
-                    .claim_next(&mut |t, avoid| self.pick(t, avoid, &running))?
-                else {
-                    break;
+            if !stopped && set.len() < self.workers {
+                let pick: Pick = {
+                    let (roster, running) = (self.inner.roster.clone(), running.clone());
+                    Arc::new(move |t, avoid, picked| roster.pick(t, avoid, &running, picked))
                 };
-                let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
-                *running.entry(agent.clone()).or_default() += 1;
-                let host = self.clone();
-                set.spawn(async move {
-                    let result = host.activate(task).await;
-                    (agent, result)
-                });
+                for task in shared.store.claim_ready(self.workers - set.len(), pick)? {
+                    let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+                    *running.entry(agent.clone()).or_default() += 1;
+                    let host = self.clone();
+                    set.spawn(async move {
+                        let result = host.activate(task).await;
+                        (agent, result)
+                    });
+                }
             }
             if set.is_empty() {
                 if stopped {
@@ -778,33 +783,6 @@ impl Host {
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 return Ok(None);
             }
-        }
-    }
-
-    /// The agent to run a task for `target` now, if one is free: the agent itself, or an
-    /// idle worker serving the capability, preferring workers the task has not failed on
-    /// (a worker that trapped on it gets it again only when every worker has).
-    fn pick(&self, target: &str, avoid: &[&str], running: &HashMap<String, u32>) -> Option<String> {
-        let free = |agent: &str| {
-            let limit = self
-                .inner
-                .agents
-                .get(agent)
-                .map_or(1, |a| a.policy.limits.concurrency);
-            running.get(agent).copied().unwrap_or(0) < limit
-        };
-        match target.strip_prefix(CAPABILITY) {
-            Some(cap) => {
-                let workers = self.inner.shared.workers(cap);
-                let fresh = workers.iter().any(|w| !avoid.contains(w));
-                workers
-                    .into_iter()
-                    .filter(|w| !fresh || !avoid.contains(w))
-                    .find(|w| free(w))
-                    .map(str::to_string)
-            }
-            // An agent no longer in the mesh is claimed too, so `activate` can fail it.
-            None => free(target).then(|| target.to_string()),
         }
     }
 

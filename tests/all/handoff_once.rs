@@ -2,6 +2,8 @@
 //! activation handed off but did not finish (the worker trapped, the host died) hands off
 //! again; each repeat gets the original receipt, and the callee gets one task.
 
+use std::sync::Arc;
+
 use baton::Host;
 use baton::store::{Fallback, Kind, NewHandoff, Pattern, Status};
 use serde_json::json;
@@ -101,8 +103,9 @@ async fn a_task_redelivered_after_its_host_died_gets_its_original_receipt() {
             .unwrap();
         let claimed = host
             .store()
-            .claim_next(&mut |t, _| Some(t.to_string()))
+            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
             .unwrap()
+            .pop()
             .unwrap();
         assert_eq!(claimed.id, submitted.task);
         // The researcher's activation makes its first hand-off, committed as an agent's

@@ -2,6 +2,8 @@
 //! traps gives the task back and another worker completes it; a task left running by a
 //! host that died is redelivered when the next host loads the same state.
 
+use std::sync::Arc;
+
 use baton::Host;
 use baton::store::{FailureKind, Status};
 
@@ -78,8 +80,9 @@ async fn a_task_left_running_by_a_dead_host_is_redelivered() {
         // Claimed as an activation would be, then the host "dies" before finishing it.
         let claimed = host
             .store()
-            .claim_next(&mut |t, _| Some(t.to_string()))
+            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
             .unwrap()
+            .pop()
             .unwrap();
         assert_eq!(claimed.id, submitted.task);
         assert_eq!(
@@ -125,8 +128,9 @@ async fn tasks_a_dead_activation_claimed_from_its_inbox_go_back_to_the_inbox() {
         // then the host "dies" before that activation ends.
         let running = host
             .store()
-            .claim_next(&mut |t, _| Some(t.to_string()))
+            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
             .unwrap()
+            .pop()
             .unwrap();
         assert_eq!(running.id, first);
         let taken = host.store().claim_inbox("echo", &first, 10).unwrap();

@@ -3,6 +3,8 @@
 //! answers `busy` (a value the guest handles, not a trap), records exactly the handoffs it
 //! accepted and nothing more, logs the refusal, and the host and every other agent carry on.
 
+use std::sync::Arc;
+
 use baton::store::Status;
 use baton::{Host, Report};
 use serde_json::json;
@@ -32,8 +34,9 @@ async fn a_handoff_flood_is_cut_off_at_the_activation_limit_and_the_host_lives()
     // Run the flood alone first, to see what it left in the callee's inbox.
     let claimed = host
         .store()
-        .claim_next(&mut |t, _| Some(t.to_string()))
+        .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
         .unwrap()
+        .pop()
         .unwrap();
     assert_eq!(claimed.id, attack);
     host.activate(claimed).await.unwrap();
@@ -122,8 +125,9 @@ async fn a_flood_stops_at_the_callee_inbox_depth_and_the_host_lives() {
         .task;
     let claimed = host
         .store()
-        .claim_next(&mut |t, _| Some(t.to_string()))
+        .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
         .unwrap()
+        .pop()
         .unwrap();
     host.activate(claimed).await.unwrap();
     assert_eq!(host.store().inbox_depth("snoop").unwrap(), 3);

@@ -403,7 +403,7 @@ fn workers_in_range(s: &str) -> Result<usize, String> {
 /// Runtime threads: store writes block their thread while another writer (or a group
 /// flush) holds the store's write lock, so a few more threads than cores keep
 /// activations running meanwhile.
-const RUNTIME_THREADS: usize = 8;
+const RUNTIME_THREADS: usize = 32;
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_multi_thread()

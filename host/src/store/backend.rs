@@ -20,7 +20,7 @@ use std::pin::Pin;
 
 use super::{
     AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Store, StoreError, StreamMeta, StreamRead, TaskRecord,
+    FailureKind, HandoffRecord, NewHandoff, Pick, Store, StoreError, StreamMeta, StreamRead, TaskRecord,
     queue::Outcome,
 };
 
@@ -66,11 +66,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Record a handoff: its data, the callee's task, made ready; once per (task, n).
     fn hand_off(&self, h: NewHandoff) -> Outcome<Committed>;
-    /// Claim the oldest ready task `pick` finds an agent for (see [`Store::claim_next`]).
-    fn claim_next(
-        &self,
-        pick: &mut dyn FnMut(&str, &[&str]) -> Option<String>,
-    ) -> Result<Option<TaskRecord>, StoreError>;
+    /// Claim up to `max` ready tasks, oldest first, that `pick` finds agents for (see
+    /// [`Store::claim_ready`]).
+    fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError>;
     /// Claim up to `max` pending tasks from `agent`'s inbox for its running task
     /// `claimer`; given back if the claimer fails or its host dies.
     fn claim_inbox(
@@ -174,11 +172,8 @@ impl Backend for Store {
     fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
         Store::hand_off(self, h)
     }
-    fn claim_next(
-        &self,
-        pick: &mut dyn FnMut(&str, &[&str]) -> Option<String>,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        Store::claim_next(self, pick)
+    fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError> {
+        Store::claim_ready(self, max, pick)
     }
     fn claim_inbox(
         &self,

@@ -276,9 +276,13 @@ impl Drop for Syncer {
         let (m, work, _) = &*self.progress;
         lock(m).stop = true;
         work.notify_one();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
+        // The last handle on the store may go with a write the writer thread just
+        // finished: that thread must not wait for itself. It sees `stop` and ends once
+        // it has flushed.
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if thread.thread().id() != std::thread::current().id() && thread.join().is_err() {
             tracing::error!("the writer thread panicked; unsynced writes are redone at restart");
         }
     }
@@ -476,6 +480,55 @@ mod tests {
             pointer: None,
             inbox_depth: 1_000,
         }
+    }
+
+    /// Writes queued behind a busy writer are applied together; one that fails in the
+    /// batch fails alone, with its own error, and every other write of the batch commits.
+    #[test]
+    fn a_write_that_fails_in_a_batch_fails_alone() {
+        const GOOD: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store.set_commit_policy(CommitPolicy::Group);
+        // Hold redb's write lock, so the writer thread waits and the writes queue up.
+        let hold = store.db.begin_write().unwrap();
+        let first = {
+            let store = store.clone();
+            std::thread::spawn(move || store.hand_off(handoff(GOOD)).unwrap().unwrap().task)
+        };
+        // Time for the writer thread to take the first write and block on the lock.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let good: Vec<_> = (0..GOOD)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let c = store.hand_off(handoff(i)).unwrap().unwrap();
+                    store.durable_blocking().unwrap();
+                    c.task
+                })
+            })
+            .collect();
+        let bad = {
+            let store = store.clone();
+            std::thread::spawn(move || store.complete("t-nowhere", "done", b"{}", 1_000))
+        };
+        // Every later write waits in the queue, to be applied as one batch.
+        let since = std::time::Instant::now();
+        while super::lock(&store.syncer.progress.0).queue.len() < GOOD + 1 {
+            assert!(since.elapsed().as_secs() < 10, "the writes never queued up");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(hold);
+        let err = bad.join().unwrap().unwrap_err().to_string();
+        assert!(err.contains("t-nowhere"), "{err}");
+        let mut tasks: Vec<String> = good.into_iter().map(|t| t.join().unwrap()).collect();
+        tasks.push(first.join().unwrap());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        for t in &tasks {
+            assert!(store.task(t).unwrap().is_some(), "task {t} of the batch is gone");
+        }
+        assert!(store.task("t-nowhere").unwrap().is_none());
     }
 
     /// Writers that commit together share fsyncs, and each learns its write is on disk:

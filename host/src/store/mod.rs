@@ -39,7 +39,7 @@ pub use audit::{AuditRecord, AuditVerdict};
 pub use backend::{Backend, BoxFuture};
 use commit::Ack;
 pub use commit::CommitPolicy;
-pub use queue::{Committed, NewHandoff, Refusal, fingerprint};
+pub use queue::{Committed, NewHandoff, Pick, Refusal, fingerprint};
 pub use records::*;
 pub use streams::StreamRead;
 
@@ -224,17 +224,6 @@ impl Store {
     /// The redb file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// A write transaction of the caller's own whose commit is not synced to disk by
-    /// itself: it becomes durable with the next immediate commit. Only for writes whose
-    /// loss in a crash is safe because they are redone (see [`Ack::Lazy`]) and that
-    /// cannot go to the writer thread because they borrow their caller's state (the
-    /// scheduler's claim, whose choice of agent depends on what is running).
-    fn begin_lazy(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        Ok(txn)
     }
 
     /// One version of `key` (the newest when `version` is `None`).

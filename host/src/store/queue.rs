@@ -97,6 +97,12 @@ pub enum Refusal {
     Invalid(String),
 }
 
+/// How [`Store::claim_ready`] chooses an agent for a ready task: from its target, the
+/// workers it failed on, and the agents already picked in the same claim. It may be
+/// called again for the same tasks (a claim redone in a fresh transaction), so it keeps
+/// no state of its own.
+pub type Pick = std::sync::Arc<dyn Fn(&str, &[&str], &[String]) -> Option<String> + Send + Sync>;
+
 /// A store result that may also be a refusal.
 pub type Outcome<T> = Result<Result<T, Refusal>, StoreError>;
 
@@ -116,62 +122,14 @@ impl Store {
         self.write(Ack::Acknowledged, move |txn| record_handoff(txn, h.clone()))
     }
 
-    /// Claim the oldest ready task that `pick` finds an agent for: `pick` gets the task's
-    /// target (an agent or `capability:<name>`) and the workers it already failed on, and
-    /// returns the agent to run it, or `None` while none is free. The task becomes running
-    /// and its pointer is granted.
-    pub fn claim_next(
-        &self,
-        mut pick: impl FnMut(&str, &[&str]) -> Option<String>,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        let now = now_ms();
-        let txn = self.begin_lazy()?;
-        let task = {
-            let ready = txn.open_table(READY)?;
-            let mut refused: Vec<String> = Vec::new();
-            let mut chosen = None;
-            for row in ready.iter()? {
-                let (seq, v) = row?;
-                let entry = parse_ready(v.value())?;
-                if entry.not_before > now || refused.iter().any(|r| r == entry.target) {
-                    continue;
-                }
-                match pick(entry.target, &entry.avoid) {
-                    Some(agent) => {
-                        chosen = Some((
-                            seq.value(),
-                            entry.target.to_string(),
-                            entry.task.to_string(),
-                            agent,
-                        ));
-                        break;
-                    }
-                    // Tasks with workers to avoid may still go to others; only a plain
-                    // refusal means the whole target is busy.
-                    None if entry.avoid.is_empty() => refused.push(entry.target.to_string()),
-                    None => {}
-                }
-            }
-            drop(ready);
-            let Some((seq, target, tid, agent)) = chosen else {
-                return Ok(None);
-            };
-            txn.open_table(READY)?.remove(seq)?;
-            txn.open_table(INBOX)?.remove((target.as_str(), seq))?;
-            let mut task: TaskRecord = get_json(&txn, TASKS, &tid)?;
-            task.status = Status::Running;
-            task.agent = Some(agent);
-            task.attempts += 1;
-            if task.pattern == Pattern::Pull {
-                // A pull task's deadline is a lease, renewed at each delivery.
-                task.deadline = now.saturating_add(task.budget_ms);
-            }
-            txn.open_table(RUNNING)?.insert(tid.as_str(), ())?;
-            deliver(&txn, &task)?;
-            task
-        };
-        txn.commit()?;
-        Ok(Some(task))
+    /// Claim up to `max` ready tasks, oldest first, that `pick` finds agents for. `pick`
+    /// gets a task's target (an agent or `capability:<name>`), the workers it already
+    /// failed on, and the agents picked so far in this claim; it returns the agent to run
+    /// the task, or `None` while none is free. Each claimed task becomes running and its
+    /// pointer is granted. The claim is lazy (see [`Ack::Lazy`]): a crash that loses it
+    /// leaves the tasks ready.
+    pub fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError> {
+        self.write(Ack::Lazy, move |txn| claim_ready_in(txn, max, &*pick))
     }
 
     /// Claim up to `max` pending tasks from `agent`'s inbox (for `check-inbox`), on
@@ -257,6 +215,58 @@ impl Store {
         }
         Ok(false)
     }
+}
+
+/// The body of [`Store::claim_ready`].
+fn claim_ready_in(
+    txn: &WriteTransaction,
+    max: usize,
+    pick: &(dyn Fn(&str, &[&str], &[String]) -> Option<String> + Send + Sync),
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let now = now_ms();
+    let mut chosen: Vec<(u64, String, String)> = Vec::new();
+    let mut picked: Vec<String> = Vec::new();
+    {
+        let ready = txn.open_table(READY)?;
+        let mut refused: Vec<String> = Vec::new();
+        for row in ready.iter()? {
+            if chosen.len() >= max {
+                break;
+            }
+            let (seq, v) = row?;
+            let entry = parse_ready(v.value())?;
+            if entry.not_before > now || refused.iter().any(|r| r == entry.target) {
+                continue;
+            }
+            match pick(entry.target, &entry.avoid, &picked) {
+                Some(agent) => {
+                    chosen.push((seq.value(), entry.target.into(), entry.task.into()));
+                    picked.push(agent);
+                }
+                // Tasks with workers to avoid may still go to others; only a plain
+                // refusal means the whole target is busy.
+                None if entry.avoid.is_empty() => refused.push(entry.target.to_string()),
+                None => {}
+            }
+        }
+    }
+    let mut claimed = Vec::with_capacity(chosen.len());
+    for ((seq, target, tid), agent) in chosen.into_iter().zip(picked) {
+        txn.open_table(READY)?.remove(seq)?;
+        txn.open_table(INBOX)?.remove((target.as_str(), seq))?;
+        let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
+        task.status = Status::Running;
+        task.agent = Some(agent);
+        task.attempts += 1;
+        if task.pattern == Pattern::Pull {
+            // A pull task's deadline is a lease, renewed at each delivery.
+            task.deadline = now.saturating_add(task.budget_ms);
+        }
+        txn.open_table(RUNNING)?.insert(tid.as_str(), ())?;
+        deliver(txn, &task)?;
+        claimed.push(task);
+    }
+    Ok(claimed)
 }
 
 /// The body of [`Store::claim_inbox`].
@@ -486,7 +496,6 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
         route: h.route,
         at: now,
     };
-    put_json(txn, TASKS, &tid, &task)?;
     put_json(txn, HANDOFFS, &hid, &handoff)?;
     if let Some((parent, n)) = &once {
         txn.open_table(HANDOFF_ONCE)?
@@ -512,7 +521,11 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
             ),
         },
     )?;
-    if !waiting {
+    // Making it ready saves the task; a stream's task waiting for its first chunk is
+    // saved as it is.
+    if waiting {
+        put_json(txn, TASKS, &tid, &task)?;
+    } else {
         make_ready(txn, &task)?;
     }
     let mut chain = txn.open_table(CHAIN)?;
