@@ -400,9 +400,9 @@ fn workers_in_range(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Runtime threads: store writes block their thread while another writer (or a group
-/// flush) holds the store's write lock, so a few more threads than cores keep
-/// activations running meanwhile.
+/// Runtime threads: a store write blocks its thread until the store's writer thread has
+/// committed it, which waits out any group flush under way. Measured with 32 handoffs in
+/// flight, 8 threads let blocked writes stall the runtime; 32 keep activations running.
 const RUNTIME_THREADS: usize = 32;
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
