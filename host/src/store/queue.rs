@@ -326,6 +326,7 @@ fn complete_in(
     txn.open_table(RUNNING)?.remove(task.id.as_str())?;
     // What it claimed through `check-inbox` was handled with it.
     release_claims(txn, &task.id, false)?;
+    forget_handoffs_of(txn, &task.id)?;
     send_reply(txn, &task, summary, reply_deadline_ms)?;
     Ok(task)
 }
@@ -598,6 +599,15 @@ fn release_claims(
     Ok(())
 }
 
+/// Drop the record of which hand-offs `task` made (see [`Store::hand_off`]) once it has
+/// ended for good: it is never delivered again, so nothing will replay them. A crash
+/// before this commit loses the drop with the end, and the rerun still finds them.
+fn forget_handoffs_of(txn: &WriteTransaction, task: &str) -> Result<(), StoreError> {
+    txn.open_table(HANDOFF_ONCE)?
+        .retain_in((task, 0)..=(task, u32::MAX), |_, _| false)?;
+    Ok(())
+}
+
 /// Mark a task delivered to its agent: save it and grant its pointer.
 fn deliver(txn: &WriteTransaction, task: &TaskRecord) -> Result<(), StoreError> {
     put_json(txn, TASKS, &task.id, task)?;
@@ -756,6 +766,7 @@ fn finish_failed(
 ) -> Result<(), StoreError> {
     task.status = Status::Failed;
     task.finished_at = Some(now);
+    forget_handoffs_of(txn, &task.id)?;
     let key = format!("failures/{}", task.id);
     let record = serde_json::json!({
         "task": task.id,
@@ -766,4 +777,71 @@ fn finish_failed(
     put(txn, &key, HOST_WRITER, record.to_string().as_bytes(), now)?;
     task.outcome_key = Some(key);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+
+    use super::*;
+
+    fn work(from: &str, parent: Option<TaskRecord>, to: &str, nth: Option<u32>) -> NewHandoff {
+        NewHandoff {
+            from: from.into(),
+            parent,
+            to: to.into(),
+            route: None,
+            kind: Kind::Work,
+            summary: "work".into(),
+            completed: Vec::new(),
+            outstanding: Vec::new(),
+            params: Vec::new(),
+            pattern: Pattern::Blackboard,
+            data: Some(b"{}".to_vec()),
+            deadline_ms: 30_000,
+            fallback: Fallback::None,
+            reply: false,
+            in_reply_to: None,
+            pointer: None,
+            inbox_depth: 100,
+            nth,
+        }
+    }
+
+    fn once_rows(store: &Store) -> u64 {
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(HANDOFF_ONCE).unwrap().len().unwrap()
+    }
+
+    /// A task's hand-offs are remembered while it may be delivered again, and forgotten
+    /// once it has ended for good.
+    #[test]
+    fn a_finished_task_forgets_which_handoffs_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let only_a: Pick = Arc::new(|t, _, _| (t == "a").then(|| t.to_string()));
+        for end in ["complete", "fail"] {
+            let root = store.hand_off(work(OPERATOR, None, "a", None)).unwrap().unwrap();
+            let task = store.claim_ready(1, only_a.clone()).unwrap().pop().unwrap();
+            assert_eq!(task.id, root.task);
+            let first = store
+                .hand_off(work("a", Some(task.clone()), "b", Some(0)))
+                .unwrap()
+                .unwrap();
+            let again = store
+                .hand_off(work("a", Some(task.clone()), "b", Some(0)))
+                .unwrap()
+                .unwrap();
+            assert!(again.replayed && again.task == first.task);
+            assert_eq!(once_rows(&store), 1);
+            let ended = match end {
+                "complete" => store.complete(&task.id, "done", b"{}", 1_000).unwrap(),
+                _ => store.fail(&task.id, FailureKind::Error, "no", 1_000).unwrap(),
+            };
+            assert!(ended.status.is_final(), "{end}: {:?}", ended.status);
+            assert_eq!(once_rows(&store), 0, "after {end}");
+        }
+    }
 }
