@@ -42,6 +42,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("env_probe", "env_probe.wasm"),
     ("escape_probe", "escape_probe.wasm"),
     ("fetcher", "fetcher.wasm"),
+    ("napper", "napper.wasm"),
     ("heavy", "heavy.wasm"),
 ];
 

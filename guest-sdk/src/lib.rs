@@ -221,7 +221,11 @@ impl Task {
     }
     /// The task's data, decoded from JSON.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        Ok(serde_json::from_slice(&self.bytes()?)?)
+        // An inline payload is decoded where it lies, not copied first.
+        match &self.0.payload {
+            Some(payload) => Ok(serde_json::from_slice(payload)?),
+            None => Ok(serde_json::from_slice(&self.bytes()?)?),
+        }
     }
 }
 

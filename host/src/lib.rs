@@ -18,6 +18,8 @@
 //!   blackboard with version history, inboxes, tasks, handoffs; group commit.
 //! - [`runtime`]: the wasmtime engine and its instance pool, loading agents, activations
 //!   and their limits.
+//! - `meter` (private): the CPU meter of an activation, which charges epoch ticks only
+//!   while the activation runs, not while it waits.
 //! - [`compiled`]: the on-disk cache of compiled components, checked before it is trusted.
 //! - [`report`]: the chain of a task, as JSON for machines and text for people.
 //! - [`demo`]: the zero-config example meshes, one per pattern, embedded in the binary.
@@ -32,6 +34,7 @@ pub mod demo;
 pub mod grants;
 pub mod manifest;
 pub mod mesh;
+mod meter;
 pub mod outbound;
 pub mod policy;
 pub mod report;

@@ -78,7 +78,8 @@ impl fmt::Display for ManifestError {
 pub struct Limits {
     /// Linear memory, in MiB.
     pub memory_mib: u64,
-    /// CPU time per activation, in milliseconds (an epoch deadline).
+    /// CPU time per activation, in milliseconds: 5 ms epoch ticks spent running wasm or
+    /// host code for it, not waiting.
     pub cpu_ms: u64,
     /// Largest `data` or outcome, in KiB.
     pub payload_kib: u64,

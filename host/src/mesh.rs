@@ -161,8 +161,8 @@ pub struct MeshCtx {
     pub agent: Arc<AgentPolicy>,
     /// The mesh it runs in.
     pub shared: Arc<Shared>,
-    /// The task that woke it.
-    pub task: TaskRecord,
+    /// The task that woke it; shared with the host, which records how it ended.
+    pub task: Arc<TaskRecord>,
     /// Handoffs made so far in this activation: also the position of the next one, by
     /// which the store matches a redelivered task's hand-offs with those it made before.
     pub handoffs: u32,
@@ -436,7 +436,7 @@ impl MeshView<'_> {
     fn check_cycle(&self, to: &str, summary: &str, data: Option<&[u8]>) -> Result<(), MeshError> {
         let fp = store::fingerprint(to, summary, data, None);
         let store = &self.ctx.shared.store;
-        let mut at = Some(self.ctx.task.clone());
+        let mut at = Some(TaskRecord::clone(&self.ctx.task));
         while let Some(t) = at {
             if t.to == to && t.fingerprint == fp {
                 return Err(MeshError::Denied(format!(
@@ -527,7 +527,7 @@ impl Host for MeshView<'_> {
             .store
             .hand_off(NewHandoff {
                 from: self.ctx.agent.id.clone(),
-                parent: Some(self.ctx.task.clone()),
+                parent: Some(TaskRecord::clone(&self.ctx.task)),
                 to: a.to,
                 route: a.route,
                 kind: Kind::Work,

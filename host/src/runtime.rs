@@ -18,20 +18,18 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, ResourceLimiter, Store as WasmStore, Trap, UpdateDeadline, WasmBacktrace,
-};
+use wasmtime::{Config, Engine, ResourceLimiter, Store as WasmStore, Trap, WasmBacktrace};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Agent, AgentPre};
 use crate::manifest::{CAPABILITY, ManifestError, Mesh, OPERATOR};
 use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
+use crate::meter::{Meter, Ticker};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
 use crate::store::{
@@ -41,26 +39,12 @@ use crate::store::{
 use crate::roster::Roster;
 use crate::vault::Vault;
 
-/// How often the epoch advances; CPU limits are rounded up to it.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Most bytes of stdout and of stderr kept per activation.
 const LOG_CAPACITY: usize = 64 * 1024;
 /// Deadline of reply tasks, in milliseconds.
 const REPLY_DEADLINE_MS: u64 = 30_000;
 /// Activations run at once unless told otherwise.
 pub const DEFAULT_WORKERS: usize = 4;
-
-/// The CPU budget of an activation ran out.
-#[derive(Debug)]
-struct CpuLimit(u64);
-
-impl std::fmt::Display for CpuLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cpu time limit: ran past {} ms (limits.cpu_ms)", self.0)
-    }
-}
-
-impl std::error::Error for CpuLimit {}
 
 /// A linear memory tried to grow past the agent's limit.
 #[derive(Debug)]
@@ -214,14 +198,48 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+/// The WASI context of one activation, made on the guest's first WASI call. Many tasks
+/// never make one (an agent that only talks to the mesh and prints nothing), and making
+/// it (seeding its random generators, boxing its streams) costs about 0.7 µs, a twentieth
+/// of a trivial activation. What it grants is the same whenever it is made.
+struct LazyWasi {
+    ctx: Option<WasiCtx>,
+    /// Where the guest's stdout and stderr go, for the agent's log.
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl LazyWasi {
+    fn new(stdout: MemoryOutputPipe, stderr: MemoryOutputPipe) -> LazyWasi {
+        LazyWasi {
+            ctx: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn get(&mut self) -> &mut WasiCtx {
+        // Deny by default: no environment, no arguments, no preopened directory; sockets
+        // are refused by address and by kind, should a `virtualized` agent try one.
+        self.ctx.get_or_insert_with(|| {
+            WasiCtxBuilder::new()
+                .stdin(MemoryInputPipe::new(Vec::<u8>::new()))
+                .stdout(self.stdout.clone())
+                .stderr(self.stderr.clone())
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        })
+    }
+}
+
 /// The state of one activation's `Store`.
 pub struct Activation {
     mesh: MeshCtx,
-    wasi: WasiCtx,
+    wasi: LazyWasi,
     table: ResourceTable,
     limits: Limiter,
-    /// Epoch ticks spent running wasm: the CPU meter.
-    ticks: u64,
     /// `wasi:http` state; linked only for agents with outbound rules.
     http: wasmtime_wasi_http::WasiHttpCtx,
     /// Sends the agent's requests under its rules.
@@ -241,7 +259,7 @@ impl wasmtime_wasi_http::WasiHttpView for Activation {
 impl WasiView for Activation {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get(),
             table: &mut self.table,
         }
     }
@@ -257,34 +275,6 @@ struct Loaded {
     pre: AgentPre<Activation>,
     policy: Arc<AgentPolicy>,
     outbound: Arc<AgentOutbound>,
-}
-
-/// Advances the engine's epoch until dropped.
-struct Ticker {
-    stop: Arc<AtomicBool>,
-}
-
-impl Ticker {
-    fn start(engine: Engine) -> Ticker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("baton-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawn the epoch thread");
-        Ticker { stop }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A loaded mesh, ready to run tasks against its store. Cheap to clone: clones share
@@ -303,7 +293,7 @@ struct Inner {
     roster: Arc<Roster>,
     log_dir: PathBuf,
     recovered: usize,
-    _ticker: Ticker,
+    ticker: Ticker,
 }
 
 /// Most activations a host runs at once: the size of the instance pool. `--workers`
@@ -370,9 +360,9 @@ fn linker(engine: &Engine, policy: Policy) -> wasmtime::Result<Linker<Activation
     wasmtime_wasi_io::add_to_linker_async(&mut l)?;
     clocks::wall_clock::add_to_linker::<_, WasiClocks>(&mut l, Activation::clocks)?;
     clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(&mut l, Activation::clocks)?;
-    random::random::add_to_linker::<_, WasiRandom>(&mut l, |a| a.wasi.random())?;
-    random::insecure::add_to_linker::<_, WasiRandom>(&mut l, |a| a.wasi.random())?;
-    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |a| a.wasi.random())?;
+    random::random::add_to_linker::<_, WasiRandom>(&mut l, |a| a.wasi.get().random())?;
+    random::insecure::add_to_linker::<_, WasiRandom>(&mut l, |a| a.wasi.get().random())?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |a| a.wasi.get().random())?;
     cli::exit::add_to_linker::<_, WasiCli>(&mut l, Activation::cli)?;
     cli::environment::add_to_linker::<_, WasiCli>(&mut l, Activation::cli)?;
     cli::stdin::add_to_linker::<_, WasiCli>(&mut l, Activation::cli)?;
@@ -526,7 +516,7 @@ impl Host {
         disk.persist();
         Ok(Host {
             inner: Arc::new(Inner {
-                _ticker: Ticker::start(engine.clone()),
+                ticker: Ticker::start(engine.clone()),
                 engine,
                 file: mesh.file.clone(),
                 roster: Arc::new(Roster::new(policies.values().map(|p| {
@@ -798,6 +788,8 @@ impl Host {
     }
 
     async fn run_activation(&self, task: TaskRecord) -> Result<TaskRecord, StoreError> {
+        // Shared with the activation's mesh context rather than copied into it.
+        let task = Arc::new(task);
         let inner = &self.inner;
         let shared = &inner.shared;
         let store = &shared.store;
@@ -821,7 +813,7 @@ impl Host {
         let stdout = MemoryOutputPipe::new(LOG_CAPACITY);
         let stderr = MemoryOutputPipe::new(LOG_CAPACITY);
         let outbound_log = OutboundLog::default();
-        let mut wstore = self.new_store(
+        let (mut wstore, meter) = self.new_store(
             loaded,
             &task,
             stdout.clone(),
@@ -829,10 +821,10 @@ impl Host {
             outbound_log.clone(),
         );
 
-        let run = async {
+        let run = meter.run(async {
             let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
             agent.call_handle(&mut wstore, &task_to_wit(&task)).await
-        };
+        });
         let result = tokio::time::timeout(Duration::from_millis(left), run).await;
 
         let ctx = &mut wstore.data_mut().mesh;
@@ -879,26 +871,17 @@ impl Host {
     }
 
     /// A fresh wasmtime store for one activation of `loaded` with `task`: deny-by-default
-    /// WASI, the agent's memory cap, and its CPU meter.
+    /// WASI (made when the guest first calls it), the agent's memory cap, and its CPU
+    /// meter, which must run everything that uses the store.
     fn new_store(
         &self,
         loaded: &Loaded,
-        task: &TaskRecord,
+        task: &Arc<TaskRecord>,
         stdout: MemoryOutputPipe,
         stderr: MemoryOutputPipe,
         outbound_log: OutboundLog,
-    ) -> WasmStore<Activation> {
+    ) -> (WasmStore<Activation>, Meter) {
         let limits = &loaded.policy.limits;
-        // Deny by default: no environment, no arguments, no preopened directory; sockets
-        // are refused by address and by kind, should a `virtualized` agent try one.
-        let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(Vec::<u8>::new()))
-            .stdout(stdout)
-            .stderr(stderr)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let memory = usize::try_from(limits.memory_mib * 1024 * 1024).unwrap_or(usize::MAX);
         let mut wstore = WasmStore::new(
             &self.inner.engine,
@@ -911,36 +894,20 @@ impl Host {
                     streams: Vec::new(),
                     log: Vec::new(),
                 },
-                wasi,
+                wasi: LazyWasi::new(stdout, stderr),
                 table: ResourceTable::new(),
                 limits: Limiter {
                     max_memory: memory,
                     mib: limits.memory_mib,
                 },
-                ticks: 0,
                 http: wasmtime_wasi_http::WasiHttpCtx::new(),
                 outbound: Outbound::new(loaded.outbound.clone(), outbound_log),
             },
         );
         wstore.limiter(|a| &mut a.limits);
-        // The CPU meter: each time the epoch deadline passes while the guest runs wasm, one
-        // tick is charged and the guest yields, so other activations and the wall-clock
-        // deadline get their turn. Time inside host calls is not metered, but the first
-        // check after a long host call (a wait) charges one tick too: an over-charge of at
-        // most one tick per wait.
-        let cpu_ms = limits.cpu_ms;
-        let budget = cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
-        wstore.set_epoch_deadline(1);
-        wstore.epoch_deadline_callback(move |mut ctx| {
-            let a = ctx.data_mut();
-            a.ticks += 1;
-            if a.ticks >= budget {
-                Err(wasmtime::Error::new(CpuLimit(cpu_ms)))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        wstore
+        let meter = self.inner.ticker.meter(limits.cpu_ms);
+        meter.install(&mut wstore);
+        (wstore, meter)
     }
 
     /// Time `runs` bare activations of `agent` with `task`: a fresh store, instantiation
@@ -958,19 +925,22 @@ impl Host {
             .get(agent)
             .ok_or_else(|| anyhow::anyhow!("no agent `{agent}`"))?;
         let wit_task = task_to_wit(task);
+        let task = Arc::new(task.clone());
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs {
             let started = std::time::Instant::now();
-            let mut wstore = self.new_store(
+            let (mut wstore, meter) = self.new_store(
                 loaded,
-                task,
+                &task,
                 MemoryOutputPipe::new(LOG_CAPACITY),
                 MemoryOutputPipe::new(LOG_CAPACITY),
                 OutboundLog::default(),
             );
-            let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
-            agent
-                .call_handle(&mut wstore, &wit_task)
+            meter
+                .run(async {
+                    let agent: Agent = loaded.pre.instantiate_async(&mut wstore).await?;
+                    agent.call_handle(&mut wstore, &wit_task).await
+                })
                 .await?
                 .map_err(|e| anyhow::anyhow!("the agent failed: {e}"))?;
             times.push(started.elapsed());
@@ -1018,7 +988,7 @@ impl Host {
 /// A readable reason for an activation that trapped: one line, naming the limit when a
 /// limit ended it, and never the wasm backtrace wasmtime attaches as context.
 fn trap_reason(e: &wasmtime::Error) -> String {
-    if let Some(cpu) = e.downcast_ref::<CpuLimit>() {
+    if let Some(cpu) = e.downcast_ref::<crate::meter::CpuLimit>() {
         return cpu.to_string();
     }
     if let Some(memory) = e.downcast_ref::<MemoryLimit>() {

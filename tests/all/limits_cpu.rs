@@ -1,12 +1,14 @@
 //! Guarantee: an activation that runs past its agent's `limits.cpu_ms` is interrupted by
 //! the epoch deadline and its task fails with a readable reason naming the limit; every
-//! activation gets a fresh budget, and the host and every other agent carry on.
+//! activation gets a fresh budget, and the host and every other agent carry on. Time the
+//! activation spends waiting in host calls is not charged to it; time it runs is, waits
+//! or no waits.
 
 use baton::Host;
 
 use crate::common::{
-    agent, assert_bystander_completed, assert_demo_chain_completes, assert_failed,
-    mesh_under_attack,
+    agent, assert_bystander_completed, assert_demo_chain_completes, assert_failed, int, mesh,
+    mesh_under_attack, outcome, run,
 };
 
 #[tokio::test]
@@ -40,4 +42,40 @@ async fn a_spinning_agent_is_stopped_at_its_cpu_limit_and_the_host_lives() {
     assert_bystander_completed(&host, &behind_first);
     assert_bystander_completed(&host, &behind_second);
     assert_demo_chain_completes(&host).await;
+}
+
+#[tokio::test]
+async fn waiting_in_host_calls_costs_no_cpu_time() {
+    let state = tempfile::tempdir().unwrap();
+    // A budget of four 5 ms ticks, and eight naps of two ticks each that use next to no
+    // CPU: the meter used to charge a tick on each return from a wait, and stopped the
+    // agent at its fourth nap.
+    let mut napper = agent("napper", baton_artifacts::napper::WASM);
+    napper.limits.cpu_ms = 20;
+    let host = Host::load(&mesh(vec![napper]), state.path()).unwrap();
+
+    let report = run(&host, "napper", None, vec![int("naps", 8), int("ms", 10)]).await;
+    assert_eq!(outcome(&host, &report, "napper")["naps"], 8);
+}
+
+#[tokio::test]
+async fn running_between_waits_is_charged() {
+    let state = tempfile::tempdir().unwrap();
+    // The same naps, but 10 ms of spinning before each: 80 ms of CPU against a 50 ms
+    // budget. Waiting in between must not reset or hide what the spinning costs.
+    let mut napper = agent("napper", baton_artifacts::napper::WASM);
+    napper.limits.cpu_ms = 50;
+    let host = Host::load(&mesh(vec![napper]), state.path()).unwrap();
+
+    let naps = vec![int("naps", 8), int("ms", 10), int("spin_ms", 10)];
+    let task = host
+        .submit("napper", "spin and nap", None, naps)
+        .unwrap()
+        .task;
+    host.run_until_idle().await.unwrap();
+    assert_failed(
+        &host,
+        &task,
+        "cpu time limit: ran past 50 ms (limits.cpu_ms)",
+    );
 }
