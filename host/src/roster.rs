@@ -72,7 +72,7 @@ mod tests {
     use super::*;
 
     fn roster() -> Roster {
-        let caps = vec!["sum".to_string()];
+        let caps = ["sum".to_string()];
         Roster::new([("a", 2, &caps[..]), ("b", 1, &caps[..]), ("c", 1, &[][..])])
     }
 
@@ -90,9 +90,15 @@ mod tests {
         let r = roster();
         let none = HashMap::new();
         assert_eq!(r.pick("capability:sum", &[], &none, &[]), Some("a".into()));
-        assert_eq!(r.pick("capability:sum", &["a"], &none, &[]), Some("b".into()));
+        assert_eq!(
+            r.pick("capability:sum", &["a"], &none, &[]),
+            Some("b".into())
+        );
         // Every worker failed on it: any free one gets it again.
-        assert_eq!(r.pick("capability:sum", &["a", "b"], &none, &[]), Some("a".into()));
+        assert_eq!(
+            r.pick("capability:sum", &["a", "b"], &none, &[]),
+            Some("a".into())
+        );
         let busy = HashMap::from([("b".to_string(), 1)]);
         assert_eq!(r.pick("capability:sum", &["a"], &busy, &[]), None);
         assert_eq!(r.pick("capability:none", &[], &none, &[]), None);

@@ -32,11 +32,11 @@ use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::meter::{Meter, Ticker};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
-use crate::store::{
-    Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Pick, Param, Pattern,
-    Refusal, Store, StoreError, TaskRecord, now_ms,
-};
 use crate::roster::Roster;
+use crate::store::{
+    Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern,
+    Pick, Refusal, Store, StoreError, TaskRecord, now_ms,
+};
 use crate::vault::Vault;
 
 /// Most bytes of stdout and of stderr kept per activation.
@@ -519,9 +519,11 @@ impl Host {
                 ticker: Ticker::start(engine.clone()),
                 engine,
                 file: mesh.file.clone(),
-                roster: Arc::new(Roster::new(policies.values().map(|p| {
-                    (p.id.as_str(), p.limits.concurrency, &p.capabilities[..])
-                }))),
+                roster: Arc::new(Roster::new(
+                    policies
+                        .values()
+                        .map(|p| (p.id.as_str(), p.limits.concurrency, &p.capabilities[..])),
+                )),
                 shared: Arc::new(Shared::new(mesh, store, policies)),
                 agents,
                 log_dir: state.join("logs"),

@@ -20,8 +20,8 @@ use std::pin::Pin;
 
 use super::{
     AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Pick, Store, StoreError, StreamMeta, StreamRead, TaskRecord,
-    queue::Outcome,
+    FailureKind, HandoffRecord, NewHandoff, Pick, Store, StoreError, StreamMeta, StreamRead,
+    TaskRecord, queue::Outcome,
 };
 
 /// A future a backend returns from a trait method.

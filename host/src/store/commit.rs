@@ -403,11 +403,8 @@ fn run(db: &Database, state: &State, synced: &watch::Sender<u64>) {
 /// Acknowledged writes are counted before their callers hear back, so a caller that then
 /// awaits `durable` waits for the flush that covers its write.
 fn apply(db: &Database, m: &Mutex<Progress>, mut batch: Vec<Box<dyn Write>>) {
-    let acks = |ws: &[Box<dyn Write>]| {
-        ws.iter()
-            .filter(|w| w.ack() == Ack::Acknowledged)
-            .count() as u64
-    };
+    let acks =
+        |ws: &[Box<dyn Write>]| ws.iter().filter(|w| w.ack() == Ack::Acknowledged).count() as u64;
     if batch.len() > 1 {
         if together(db, &mut batch).is_ok() {
             lock(m).committed += acks(&batch);
@@ -416,7 +413,10 @@ fn apply(db: &Database, m: &Mutex<Progress>, mut batch: Vec<Box<dyn Write>>) {
             }
             return;
         }
-        tracing::debug!("a write failed in a batch of {}; redoing each alone", batch.len());
+        tracing::debug!(
+            "a write failed in a batch of {}; redoing each alone",
+            batch.len()
+        );
     }
     for mut w in batch {
         let outcome = together(db, std::slice::from_mut(&mut w));
@@ -526,7 +526,10 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         for t in &tasks {
-            assert!(store.task(t).unwrap().is_some(), "task {t} of the batch is gone");
+            assert!(
+                store.task(t).unwrap().is_some(),
+                "task {t} of the batch is gone"
+            );
         }
         assert!(store.task("t-nowhere").unwrap().is_none());
     }

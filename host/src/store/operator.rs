@@ -28,7 +28,10 @@ impl Store {
     pub fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation> {
         let (task, note) = (task.to_string(), note.map(str::to_string));
         self.write(Ack::Acknowledged, move |txn| {
-            let exists = txn.open_table(OPERATOR_INBOX)?.get(task.as_str())?.is_some();
+            let exists = txn
+                .open_table(OPERATOR_INBOX)?
+                .get(task.as_str())?
+                .is_some();
             if !exists {
                 return Ok(Err(Refusal::NotFound(format!(
                     "no escalation for task `{task}` in the operator inbox"

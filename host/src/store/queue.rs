@@ -101,7 +101,10 @@ pub enum Refusal {
 /// workers it failed on, and the agents already picked in the same claim. It may be
 /// called again for the same tasks (a claim redone in a fresh transaction), so it keeps
 /// no state of its own.
-pub type Pick = std::sync::Arc<dyn Fn(&str, &[&str], &[String]) -> Option<String> + Send + Sync>;
+pub type Pick = std::sync::Arc<PickFn>;
+
+/// What a [`Pick`] calls.
+pub type PickFn = dyn Fn(&str, &[&str], &[String]) -> Option<String> + Send + Sync;
 
 /// A store result that may also be a refusal.
 pub type Outcome<T> = Result<Result<T, Refusal>, StoreError>;
@@ -221,7 +224,7 @@ impl Store {
 fn claim_ready_in(
     txn: &WriteTransaction,
     max: usize,
-    pick: &(dyn Fn(&str, &[&str], &[String]) -> Option<String> + Send + Sync),
+    pick: &PickFn,
 ) -> Result<Vec<TaskRecord>, StoreError> {
     let now = now_ms();
     let mut chosen: Vec<(u64, String, String)> = Vec::new();
@@ -823,7 +826,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let only_a: Pick = Arc::new(|t, _, _| (t == "a").then(|| t.to_string()));
         for end in ["complete", "fail"] {
-            let root = store.hand_off(work(OPERATOR, None, "a", None)).unwrap().unwrap();
+            let root = store
+                .hand_off(work(OPERATOR, None, "a", None))
+                .unwrap()
+                .unwrap();
             let task = store.claim_ready(1, only_a.clone()).unwrap().pop().unwrap();
             assert_eq!(task.id, root.task);
             let first = store
@@ -838,7 +844,9 @@ mod tests {
             assert_eq!(once_rows(&store), 1);
             let ended = match end {
                 "complete" => store.complete(&task.id, "done", b"{}", 1_000).unwrap(),
-                _ => store.fail(&task.id, FailureKind::Error, "no", 1_000).unwrap(),
+                _ => store
+                    .fail(&task.id, FailureKind::Error, "no", 1_000)
+                    .unwrap(),
             };
             assert!(ended.status.is_final(), "{end}: {:?}", ended.status);
             assert_eq!(once_rows(&store), 0, "after {end}");

@@ -5,7 +5,8 @@
 use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
 use super::{
-    BB_META, BB_VALUES, HANDOFFS, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put, put_json, try_get_json,
+    BB_META, BB_VALUES, HANDOFFS, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put,
+    put_json, try_get_json,
 };
 use crate::store::records::*;
 
