@@ -5,9 +5,10 @@
 //! [`Store`]'s place without the host changing. What a backend must keep, whatever it is
 //! built on:
 //!
-//! - **One commit per operation.** Each write (a handoff with its data, task, inbox entry
+//! - **Each operation is atomic.** Each write (a handoff with its data, task, inbox entry
 //!   and audit record; a completion with its outcome and reply; a failure with its
-//!   fallback) happens entirely or not at all.
+//!   fallback) happens entirely or not at all, whether or not it shares a commit with
+//!   others.
 //! - **A single commit order, and prefixes after a crash.** What survives a crash is
 //!   everything committed up to some point, never a later write without an earlier one.
 //! - **Nothing acknowledged is lost.** The host acknowledges a write only after

@@ -2,11 +2,12 @@
 //! every key, the inboxes and capability queues, and the task and handoff records that
 //! make up the audit trail.
 //!
-//! Each operation is one write transaction: a handoff the host acknowledged is on disk
-//! with its data, its task and the callee's inbox entry together or not at all, and a
-//! failure is recorded together with what its fallback did. Whether an operation's commit
-//! is on disk when it returns depends on the [`CommitPolicy`]; under group commit, the
-//! caller awaits [`Store::durable`] before acknowledging anything.
+//! Each operation is applied whole in one write transaction (under group commit, one it
+//! shares with the other writes waiting at the time): a handoff the host acknowledged is
+//! on disk with its data, its task and the callee's inbox entry together or not at all,
+//! and a failure is recorded together with what its fallback did. Whether an operation's
+//! commit is on disk when it returns depends on the [`CommitPolicy`]; under group commit,
+//! the caller awaits [`Store::durable`] before acknowledging anything.
 //!
 //! - [`Backend`]: the trait the host reaches its state through; [`Store`] is its redb
 //!   implementation.
