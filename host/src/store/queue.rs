@@ -129,7 +129,7 @@ impl Store {
     /// gets a task's target (an agent or `capability:<name>`), the workers it already
     /// failed on, and the agents picked so far in this claim; it returns the agent to run
     /// the task, or `None` while none is free. Each claimed task becomes running and its
-    /// pointer is granted. The claim is lazy (see [`Ack::Lazy`]): a crash that loses it
+    /// pointer is granted. The claim is lazy (not fsynced by itself): a crash that loses it
     /// leaves the tasks ready.
     pub fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError> {
         self.write(Ack::Lazy, move |txn| claim_ready_in(txn, max, &*pick))
