@@ -2,6 +2,7 @@
 //! helper, and readers for what the store holds afterwards.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use baton::manifest::{AgentSpec, Mesh};
 use baton::store::{Param, ParamValue, Status, TaskRecord};
@@ -86,6 +87,16 @@ pub fn mesh_under_attack(attacker: AgentSpec) -> Mesh {
     m.agents.push(agent("snoop", baton_artifacts::snoop::WASM));
     m.agents.insert(0, attacker);
     m
+}
+
+/// Claim the oldest ready task as the scheduler would, for its own target, without
+/// running it: a test then decides what happens to the activation.
+pub fn claim_oldest(host: &Host) -> TaskRecord {
+    host.store()
+        .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
+        .unwrap()
+        .pop()
+        .expect("a ready task to claim")
 }
 
 /// The stored record of task `id`.

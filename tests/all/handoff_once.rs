@@ -2,13 +2,11 @@
 //! activation handed off but did not finish (the worker trapped, the host died) hands off
 //! again; each repeat gets the original receipt, and the callee gets one task.
 
-use std::sync::Arc;
-
 use baton::Host;
 use baton::store::{Fallback, Kind, NewHandoff, Pattern, Status};
 use serde_json::json;
 
-use crate::common::{agent, log, research_mesh, text};
+use crate::common::{agent, claim_oldest, log, research_mesh, text};
 
 /// How often the host delivers a pull task whose worker keeps trapping.
 const DELIVERIES: u32 = 3;
@@ -101,12 +99,7 @@ async fn a_task_redelivered_after_its_host_died_gets_its_original_receipt() {
                 vec![],
             )
             .unwrap();
-        let claimed = host
-            .store()
-            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
-            .unwrap()
-            .pop()
-            .unwrap();
+        let claimed = claim_oldest(&host);
         assert_eq!(claimed.id, submitted.task);
         // The researcher's activation makes its first hand-off, committed as an agent's
         // hand-off is; then the host dies before the researcher's outcome is stored.

@@ -2,12 +2,10 @@
 //! traps gives the task back and another worker completes it; a task left running by a
 //! host that died is redelivered when the next host loads the same state.
 
-use std::sync::Arc;
-
 use baton::Host;
 use baton::store::{FailureKind, Status};
 
-use crate::common::{agent, agent_to, int, mesh, research_mesh, run};
+use crate::common::{agent, agent_to, claim_oldest, int, mesh, research_mesh, run};
 
 fn worker(id: &str, wasm: &'static [u8]) -> baton::AgentSpec {
     let mut w = agent(id, wasm);
@@ -78,12 +76,7 @@ async fn a_task_left_running_by_a_dead_host_is_redelivered() {
             )
             .unwrap();
         // Claimed as an activation would be, then the host "dies" before finishing it.
-        let claimed = host
-            .store()
-            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
-            .unwrap()
-            .pop()
-            .unwrap();
+        let claimed = claim_oldest(&host);
         assert_eq!(claimed.id, submitted.task);
         assert_eq!(
             host.store().task(&claimed.id).unwrap().unwrap().status,
@@ -126,12 +119,7 @@ async fn tasks_a_dead_activation_claimed_from_its_inbox_go_back_to_the_inbox() {
         let (first, second) = (submit(1), submit(2));
         // The first task's activation starts and takes the second through `check-inbox`;
         // then the host "dies" before that activation ends.
-        let running = host
-            .store()
-            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
-            .unwrap()
-            .pop()
-            .unwrap();
+        let running = claim_oldest(&host);
         assert_eq!(running.id, first);
         let taken = host.store().claim_inbox("echo", &first, 10).unwrap();
         assert_eq!(taken.len(), 1);

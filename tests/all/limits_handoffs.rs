@@ -3,15 +3,13 @@
 //! answers `busy` (a value the guest handles, not a trap), records exactly the handoffs it
 //! accepted and nothing more, logs the refusal, and the host and every other agent carry on.
 
-use std::sync::Arc;
-
 use baton::store::Status;
 use baton::{Host, Report};
 use serde_json::json;
 
 use crate::common::{
-    agent, assert_bystander_completed, assert_demo_chain_completes, log, mesh_under_attack,
-    outcome, task, text,
+    agent, assert_bystander_completed, assert_demo_chain_completes, claim_oldest, log,
+    mesh_under_attack, outcome, task, text,
 };
 
 #[tokio::test]
@@ -32,12 +30,7 @@ async fn a_handoff_flood_is_cut_off_at_the_activation_limit_and_the_host_lives()
         .task;
 
     // Run the flood alone first, to see what it left in the callee's inbox.
-    let claimed = host
-        .store()
-        .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
-        .unwrap()
-        .pop()
-        .unwrap();
+    let claimed = claim_oldest(&host);
     assert_eq!(claimed.id, attack);
     host.activate(claimed).await.unwrap();
     // The bystander's task plus exactly the five accepted handoffs.
@@ -123,12 +116,7 @@ async fn a_flood_stops_at_the_callee_inbox_depth_and_the_host_lives() {
         )
         .unwrap()
         .task;
-    let claimed = host
-        .store()
-        .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
-        .unwrap()
-        .pop()
-        .unwrap();
+    let claimed = claim_oldest(&host);
     host.activate(claimed).await.unwrap();
     assert_eq!(host.store().inbox_depth("snoop").unwrap(), 3);
 
