@@ -738,15 +738,20 @@ impl Host {
             }
             tokio::select! {
                 Some(joined) = set.join_next() => {
-                    let (agent, result) = match joined {
-                        Ok(done) => done,
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
-                    };
-                    if let Some(n) = running.get_mut(&agent) {
-                        *n -= 1;
+                    // Every activation that has ended by now, so the next claim fills all
+                    // the slots they free in one write.
+                    let mut joined = Some(joined);
+                    while let Some(joined) = joined.take().or_else(|| set.try_join_next()) {
+                        let (agent, result) = match joined {
+                            Ok(done) => done,
+                            Err(e) => std::panic::resume_unwind(e.into_panic()),
+                        };
+                        if let Some(n) = running.get_mut(&agent) {
+                            *n -= 1;
+                        }
+                        result?;
+                        ran += 1;
                     }
-                    result?;
-                    ran += 1;
                 }
                 _ = shared.ready.notified() => {}
                 _ = &mut stop, if !stopped => stopped = true,

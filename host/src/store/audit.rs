@@ -5,10 +5,11 @@
 //! `hash = sha256(prev-hash || record-without-hash as JSON)`; the first record's
 //! `prev` is 64 zeros.
 
-use redb::{ReadableDatabase as _, ReadableTable as _, WriteTransaction};
+use redb::{ReadableDatabase as _, ReadableTable as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::wal::Tx;
 use super::{AUDIT, Store, StoreError, now_ms};
 use crate::manifest::hex;
 
@@ -74,7 +75,7 @@ fn digest(record: &AuditRecord) -> String {
 }
 
 /// Append `e` to the log inside `txn`.
-pub(super) fn append(txn: &WriteTransaction, e: AuditEvent<'_>) -> Result<(), StoreError> {
+pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> {
     let mut table = txn.open_table(AUDIT)?;
     let (seq, prev) = match table.last()? {
         Some((k, v)) => {

@@ -1,54 +1,58 @@
-//! When a commit is on disk: the commit policy, and group commit.
+//! When a commit is on disk: the commit policy, group commit and checkpoints.
 //!
-//! redb commits in one total order. A commit with `Durability::None` is visible at once
-//! but written to disk only by the next `Durability::Immediate` commit, which writes every
-//! commit before it. So after a crash the store always holds a *prefix* of the commits:
-//! whatever survived, everything committed before it survived too.
+//! Every write goes to one writer thread, which applies them in redb's single commit
+//! order. redb commits with `Durability::None` are visible at once but reach the disk only
+//! with the next `Durability::Immediate` commit, which writes every commit before it.
 //!
-//! - [`CommitPolicy::Immediate`]: every write is a transaction of its caller's own, and
-//!   every acknowledged write commits with an fsync of its own.
-//! - [`CommitPolicy::Group`]: writes go to one writer thread, which applies every write
-//!   waiting for it in *one* transaction and commits it without an fsync. The same thread
-//!   then makes one immediate commit that covers every write before it, once writes stop
-//!   arriving for 150 µs or 4 ms after the first unsynced one; whoever waits on
-//!   [`Store::durable`](super::Store::durable) learns it is on disk. Nothing is
-//!   acknowledged before its flush: the caller of a write waits for `durable` before it
-//!   tells anyone (the agent's receipt, the operator's task id, the activation's end).
+//! - [`CommitPolicy::Immediate`]: every write is a transaction of its own, and every
+//!   acknowledged write commits with an fsync of its own.
+//! - [`CommitPolicy::Group`]: the writer thread applies every write waiting for it in
+//!   *one* transaction, commits it without an fsync, and appends the changes it made to
+//!   the write-ahead log as one frame (see `wal`). A second thread, `baton-wal`, fsyncs
+//!   the log whenever an acknowledged write waits for it; writes that arrive during an
+//!   fsync are covered by the next one, so fsyncs are shared without waiting on a timer.
+//!   Nothing is acknowledged before its frame's fsync: the caller of a write waits for
+//!   [`Store::durable`](super::Store::durable) before it tells anyone (the agent's
+//!   receipt, the operator's task id, the activation's end). Every [`CHECKPOINT`] bytes
+//!   of log, the writer makes redb durable and the log starts over.
 //!
 //! Why one transaction for many writes: redb's cost is mostly per transaction (copying
-//! the pages a write touches, checksums, the commit), and redb holds its write lock through
-//! an fsync, so writes that arrive during a flush queue up. Applied together, they cost
-//! about a third of what they cost one transaction each. A write that fails in a batch
-//! aborts it, and each write of the batch is then redone alone, so one bad write never
-//! fails the others and each write still commits whole or not at all.
+//! the pages a write touches, checksums, the commit). Applied together, writes cost about
+//! a third of what they cost one transaction each. A write that fails in a batch aborts
+//! it, and each write of the batch is then redone alone, so one bad write never fails the
+//! others and each write still commits whole or not at all. Why a log: an fsync of redb's
+//! scattered pages costs several times one of an append (see `wal`).
 //!
-//! A write seen by another activation before its flush (a task claimed from an inbox)
-//! is safe by the prefix rule: a crash that loses the write loses everything that
-//! followed from it, and the writer, never acknowledged, is redelivered.
+//! What survives a crash is always a *prefix* of the commits: redb's last durable commit,
+//! then the log's frames, in order, up to the first one that did not reach the disk. A
+//! write seen by another activation before its fsync (a task claimed from an inbox) is
+//! safe by the prefix rule: a crash that loses the write loses everything that followed
+//! from it, and the writer, never acknowledged, is redelivered.
 
+use std::cell::RefCell;
+use std::fs::File;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Database, Durability};
 use tokio::sync::watch;
 
-use super::StoreError;
+use super::wal::{LSN_COUNTER, Tx, Wal};
+use super::{COUNTERS, StoreError};
 
-/// A flush waits for writers until none writes for this long...
-const QUIET: Duration = Duration::from_micros(150);
-/// ...or this long has passed since the first unsynced write.
-const WINDOW: Duration = Duration::from_millis(4);
+/// Log bytes after which the writer makes redb durable and starts the log over: a bound
+/// on what a restart redoes, and on the pages redb holds unsynced.
+pub const CHECKPOINT: u64 = 16 << 20;
 
 /// How acknowledged writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitPolicy {
     /// One fsync per acknowledged write.
     Immediate,
-    /// Acknowledged writes share transactions and fsyncs; each is acknowledged after the
-    /// fsync that covers it.
+    /// Acknowledged writes share transactions and fsyncs of the write-ahead log; each is
+    /// acknowledged after the fsync that covers it.
     Group,
 }
 
@@ -60,7 +64,7 @@ impl CommitPolicy {
                 "immediate: every handoff, completion and failure is its own fsynced commit"
             }
             CommitPolicy::Group => {
-                "group commit: one writer thread applies the writes waiting for it in one unsynced transaction, in redb's single commit order; one fsynced commit then covers every write before it, and no handoff or outcome is acknowledged until the fsync that covers it returns"
+                "group commit: one writer thread applies the writes waiting for it in one unsynced redb transaction and appends its changes to a write-ahead log; one fsync of the log covers every write appended before it, no handoff or outcome is acknowledged until the fsync that covers it returns, and redb is made durable at checkpoints"
             }
         }
     }
@@ -78,9 +82,9 @@ pub(super) enum Ack {
 /// A write waiting for the writer thread.
 trait Write: Send {
     fn ack(&self) -> Ack;
-    /// Apply the write in `txn`. It may run again, in a fresh transaction, when its
+    /// Apply the write in `tx`. It may run again, in a fresh transaction, when its
     /// batch is redone write by write.
-    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError>;
+    fn apply(&mut self, tx: &Tx<'_>) -> Result<(), StoreError>;
     /// Give the caller its result, once the write's transaction committed or failed.
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
 }
@@ -95,14 +99,14 @@ struct Job<T, F> {
 impl<T, F> Write for Job<T, F>
 where
     T: Send,
-    F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send,
+    F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send,
 {
     fn ack(&self) -> Ack {
         self.ack
     }
 
-    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
-        self.out = Some((self.f)(txn)?);
+    fn apply(&mut self, tx: &Tx<'_>) -> Result<(), StoreError> {
+        self.out = Some((self.f)(tx)?);
         Ok(())
     }
 
@@ -114,34 +118,50 @@ where
     }
 }
 
-/// How far the writer got, and what waits for it.
+/// How far the writer and the log got, and what waits for them. Positions are frame
+/// numbers of the log.
 #[derive(Default)]
 struct Progress {
     /// Writes waiting to be applied.
     queue: Vec<Box<dyn Write>>,
-    /// Acknowledged writes committed unsynced so far (a sequence number).
+    /// The last frame appended to the log.
+    appended: u64,
+    /// The last frame holding an acknowledged write.
     committed: u64,
-    /// Every acknowledged write up to this one is on disk.
+    /// Every frame up to this one is on disk (fsynced, or in redb's durable state).
     synced: u64,
-    /// The writer has flushed up to this one.
+    /// The log has been fsynced, or that was tried, up to this frame.
     attempted: u64,
-    /// Flushes made so far.
+    /// Acknowledged writes logged so far.
+    acknowledged: u64,
+    /// Fsyncs of the log so far.
     flushes: u64,
-    /// The last flush failed: writes up to `.0` may be lost, and why.
+    /// An fsync failed: writes up to `.0` may be lost, and why.
     failed: Option<(u64, String)>,
-    /// The store is closing: apply and flush what is left and end.
+    /// Since a failed fsync, the log cannot be trusted to hold the frames after it: no
+    /// write is durable until a checkpoint makes redb durable.
+    broken: bool,
+    /// The store is closing: apply what is left, checkpoint and end.
     stop: bool,
+    /// The writer thread ended; the log's thread ends too.
+    ended: bool,
 }
 
-type State = (Mutex<Progress>, Condvar, Condvar);
+/// The progress, and who waits on it: the writer thread (`work`), callers of `durable`
+/// (`done`) and the log's fsync thread (`sync`).
+struct State {
+    progress: Mutex<Progress>,
+    work: Condvar,
+    done: Condvar,
+    sync: Condvar,
+    /// `synced`, for async waiters.
+    synced: watch::Sender<u64>,
+}
 
 /// The group-commit state of one store.
 pub(super) struct Syncer {
-    db: Arc<Database>,
-    group: AtomicBool,
-    progress: Arc<State>,
-    /// `synced`, for async waiters.
-    synced: watch::Sender<u64>,
+    group: Arc<AtomicBool>,
+    state: Arc<State>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -152,22 +172,42 @@ fn lock(m: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
 }
 
 impl Syncer {
-    /// A syncer for `db`, with its writer thread started; the policy starts as `Immediate`.
-    pub(super) fn start(db: Arc<Database>) -> Syncer {
-        let progress: Arc<State> = Arc::default();
-        let (synced, _) = watch::channel(0);
-        let (state, tx, writer_db) = (progress.clone(), synced.clone(), db.clone());
+    /// A syncer for `db`, whose log is `wal` and whose next frame is `next`, with its
+    /// writer thread started; the policy starts as `Immediate`.
+    pub(super) fn start(db: Arc<Database>, wal: Wal, next: u64) -> Result<Syncer, StoreError> {
+        let log = wal.sync_handle()?;
+        let at = next - 1;
+        let state = Arc::new(State {
+            progress: Mutex::new(Progress {
+                appended: at,
+                committed: at,
+                synced: at,
+                attempted: at,
+                ..Progress::default()
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            sync: Condvar::new(),
+            synced: watch::channel(at).0,
+        });
+        let group = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer {
+            db,
+            wal,
+            next,
+            group: false,
+            state: state.clone(),
+        };
+        let policy = group.clone();
         let thread = std::thread::Builder::new()
             .name("baton-writer".into())
-            .spawn(move || run(&writer_db, &state, &tx))
-            .expect("spawn the writer thread");
-        Syncer {
-            db,
-            group: AtomicBool::new(false),
-            progress,
-            synced,
+            .spawn(move || writer.run(&policy, log))
+            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+        Ok(Syncer {
+            group,
+            state,
             thread: Some(thread),
-        }
+        })
     }
 
     pub(super) fn set_policy(&self, policy: CommitPolicy) {
@@ -183,29 +223,19 @@ impl Syncer {
         }
     }
 
-    /// Apply `f` in a write transaction and return what it returned once that
-    /// transaction committed: a transaction of its own under `Immediate` (fsynced if the
-    /// write is acknowledged), or the writer thread's next batch under `Group`. If `f`
-    /// fails, nothing it wrote is committed. An acknowledged write must then be awaited
-    /// with [`Syncer::durable`] before it is acknowledged.
-    pub(super) fn write<T, F>(&self, ack: Ack, mut f: F) -> Result<T, StoreError>
+    /// Apply `f` in a write transaction on the writer thread and return what it returned
+    /// once that transaction committed: a transaction of its own under `Immediate`
+    /// (fsynced if the write is acknowledged), the writer thread's next batch under
+    /// `Group`. If `f` fails, nothing it wrote is committed. An acknowledged write must
+    /// then be awaited with [`Syncer::durable`] before it is acknowledged.
+    pub(super) fn write<T, F>(&self, ack: Ack, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        if !self.group.load(Ordering::Acquire) {
-            let mut txn = self.db.begin_write()?;
-            if ack == Ack::Lazy {
-                txn.set_durability(Durability::None)?;
-            }
-            let out = f(&txn)?;
-            txn.commit()?;
-            return Ok(out);
-        }
         let (reply, answer) = mpsc::sync_channel(1);
         {
-            let (m, work, _) = &*self.progress;
-            let mut p = lock(m);
+            let mut p = lock(&self.state.progress);
             if p.stop {
                 return Err(closed());
             }
@@ -215,23 +245,22 @@ impl Syncer {
                 out: None,
                 reply,
             }));
-            drop(p);
-            work.notify_one();
         }
+        self.state.work.notify_one();
         answer.recv().unwrap_or_else(|_| Err(closed()))
     }
 
     /// The newest acknowledged write so far, or `None` when every one is on disk.
     fn pending(&self) -> Result<Option<u64>, StoreError> {
-        let p = lock(&self.progress.0);
+        let p = lock(&self.state.progress);
         check(&p, p.committed)?;
         Ok((p.committed > p.synced).then_some(p.committed))
     }
 
-    /// Acknowledged writes committed unsynced, and the flushes that synced them, so far.
+    /// Acknowledged writes logged, and the fsyncs of the log, so far.
     pub(super) fn counts(&self) -> (u64, u64) {
-        let p = lock(&self.progress.0);
-        (p.committed, p.flushes)
+        let p = lock(&self.state.progress);
+        (p.acknowledged, p.flushes)
     }
 
     /// Wait until every write committed before this call is on disk.
@@ -239,10 +268,10 @@ impl Syncer {
         let Some(target) = self.pending()? else {
             return Ok(());
         };
-        let mut rx = self.synced.subscribe();
+        let mut rx = self.state.synced.subscribe();
         loop {
             {
-                let p = lock(&self.progress.0);
+                let p = lock(&self.state.progress);
                 check(&p, target)?;
                 if p.synced >= target {
                     return Ok(());
@@ -259,26 +288,24 @@ impl Syncer {
         let Some(target) = self.pending()? else {
             return Ok(());
         };
-        let (m, _, done) = &*self.progress;
-        let mut p = lock(m);
+        let mut p = lock(&self.state.progress);
         loop {
             check(&p, target)?;
             if p.synced >= target {
                 return Ok(());
             }
-            p = done.wait(p).unwrap_or_else(|e| e.into_inner());
+            p = self.state.done.wait(p).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        let (m, work, _) = &*self.progress;
-        lock(m).stop = true;
-        work.notify_one();
+        lock(&self.state.progress).stop = true;
+        self.state.work.notify_one();
         // The last handle on the store may go with a write the writer thread just
         // finished: that thread must not wait for itself. It sees `stop` and ends once
-        // it has flushed.
+        // it has checkpointed.
         let Some(thread) = self.thread.take() else {
             return;
         };
@@ -291,7 +318,7 @@ impl Drop for Syncer {
 /// Whether acknowledged write `seq` can still become durable.
 fn check(p: &Progress, seq: u64) -> Result<(), StoreError> {
     match &p.failed {
-        Some((upto, why)) if seq <= *upto && p.synced < seq => {
+        Some((upto, why)) if p.synced < seq && (seq <= *upto || p.broken) => {
             Err(StoreError::Db(redb::Error::Io(std::io::Error::other(
                 format!("group commit: the fsync failed, the write may be lost: {why}"),
             ))))
@@ -306,142 +333,238 @@ fn closed() -> StoreError {
     )))
 }
 
-/// What the writer thread does next.
-enum Next {
-    Apply(Vec<Box<dyn Write>>),
-    Flush(u64),
-}
-
 /// When the writer thread ends, however it ends, no write may wait for it forever:
 /// later writes are refused and waiting ones get an error.
-struct Closing<'a>(&'a Mutex<Progress>);
+struct Closing<'a>(&'a State);
 
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
-        let mut p = lock(self.0);
+        let mut p = lock(&self.0.progress);
         p.stop = true;
+        p.ended = true;
         let orphans = std::mem::take(&mut p.queue);
         drop(p);
+        self.0.sync.notify_one();
+        self.0.done.notify_all();
         for w in orphans {
             w.finish(Err(closed()));
         }
     }
 }
 
-/// The writer thread: apply waiting writes in batches, and flush acknowledged ones once
-/// writers pause.
-fn run(db: &Database, state: &State, synced: &watch::Sender<u64>) {
-    let (m, work, done) = state;
-    let _closing = Closing(m);
-    // When the oldest unsynced acknowledged write was seen.
-    let mut opened: Option<Instant> = None;
-    loop {
-        let next = {
-            let mut p = lock(m);
-            loop {
-                let unsynced = p.committed > p.attempted;
-                // The window is checked first: under a steady stream of writes the queue
-                // is never empty, and acknowledged writes must still reach the disk.
-                if unsynced {
-                    let since = *opened.get_or_insert_with(Instant::now);
-                    if p.stop || since.elapsed() >= WINDOW {
-                        break Next::Flush(p.committed);
-                    }
-                }
-                if !p.queue.is_empty() {
-                    break Next::Apply(std::mem::take(&mut p.queue));
-                }
-                if !unsynced {
-                    if p.stop {
-                        return;
-                    }
-                    opened = None;
-                    p = work.wait(p).unwrap_or_else(|e| e.into_inner());
-                    continue;
-                }
-                // The flush holds redb's write lock through its fsync, so every write
-                // waits for it: let writes in while they keep coming, until a quiet gap
-                // or the window closes, then flush them all at once.
-                let seen = p.committed;
-                let (q, waited) = work
-                    .wait_timeout(p, QUIET)
-                    .unwrap_or_else(|e| e.into_inner());
-                p = q;
-                if waited.timed_out() && p.queue.is_empty() && p.committed == seen {
-                    break Next::Flush(p.committed);
-                }
-            }
+/// The writer thread's own state.
+struct Writer {
+    db: Arc<Database>,
+    wal: Wal,
+    /// The next frame's number.
+    next: u64,
+    /// The policy the last batch was applied under.
+    group: bool,
+    state: Arc<State>,
+}
+
+impl Writer {
+    /// Apply waiting writes in batches until the store closes, then checkpoint. `log`
+    /// is the handle the log's fsync thread uses.
+    fn run(&mut self, policy: &AtomicBool, log: File) {
+        let state = self.state.clone();
+        let _closing = Closing(&state);
+        let syncer = {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("baton-wal".into())
+                .spawn(move || sync_log(&log, &state))
+                .expect("spawn the log's fsync thread")
         };
-        match next {
-            Next::Apply(batch) => apply(db, m, batch),
-            Next::Flush(target) => {
-                let flushed = flush(db);
-                let mut p = lock(m);
-                p.attempted = target;
-                p.flushes += 1;
-                match flushed {
-                    Ok(()) => {
-                        p.synced = target;
-                        p.failed = None;
-                    }
-                    Err(e) => {
-                        tracing::error!("group commit: fsync failed: {e}");
-                        p.failed = Some((target, e.to_string()));
-                    }
+        loop {
+            let (batch, broken) = {
+                let mut p = lock(&state.progress);
+                while p.queue.is_empty() && !p.stop {
+                    p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
-                let now = p.synced;
-                drop(p);
-                opened = None;
-                done.notify_all();
-                synced.send_replace(now);
+                if p.queue.is_empty() {
+                    break;
+                }
+                (std::mem::take(&mut p.queue), p.broken)
+            };
+            let group = policy.load(Ordering::Acquire);
+            // A failed fsync leaves the log behind redb; a change of policy mixes
+            // commits the log holds with commits it does not. Either way redb is made
+            // durable first, so what the log holds always follows on from it.
+            if broken || group != self.group {
+                let _ = self.checkpoint();
+                self.group = group;
+            }
+            if group {
+                self.apply_group(batch);
+                if self.wal.len() >= CHECKPOINT {
+                    let _ = self.checkpoint();
+                }
+            } else {
+                for mut w in batch {
+                    let outcome = immediate(&self.db, w.as_mut());
+                    w.finish(outcome);
+                }
             }
         }
+        let _ = self.checkpoint();
+        drop(_closing);
+        if syncer.join().is_err() {
+            tracing::error!("the log's fsync thread panicked");
+        }
+    }
+
+    /// Apply `batch` in one unsynced transaction and log it; if any write in it fails,
+    /// redo each alone. Acknowledged writes are counted before their callers hear back,
+    /// so a caller that then awaits `durable` waits for the fsync that covers its write.
+    fn apply_group(&mut self, mut batch: Vec<Box<dyn Write>>) {
+        if batch.len() > 1 {
+            if self.together(&mut batch).is_ok() {
+                for w in batch {
+                    w.finish(Ok(()));
+                }
+                return;
+            }
+            tracing::debug!(
+                "a write failed in a batch of {}; redoing each alone",
+                batch.len()
+            );
+        }
+        for mut w in batch {
+            let outcome = self.together(std::slice::from_mut(&mut w));
+            w.finish(outcome);
+        }
+    }
+
+    /// Apply `writes` in one unsynced transaction, commit it and append its changes to
+    /// the log as the next frame; on any failure (a panic included) nothing is committed.
+    fn together(&mut self, writes: &mut [Box<dyn Write>]) -> Result<(), StoreError> {
+        let lsn = self.next;
+        let log = RefCell::new(Vec::new());
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let tx = Tx::new(&txn, Some(&log));
+            // The frame's number, in the frame: redb then always says which frames it holds.
+            tx.open_table(COUNTERS)?.insert(LSN_COUNTER, lsn)?;
+            for w in writes.iter_mut() {
+                catch_unwind(AssertUnwindSafe(|| w.apply(&tx))).unwrap_or_else(|_| {
+                    Err(StoreError::Corrupt(
+                        "write".into(),
+                        "the write panicked; nothing of it was committed".into(),
+                    ))
+                })?;
+            }
+        }
+        txn.commit()?;
+        self.next += 1;
+        let acknowledged = writes
+            .iter()
+            .filter(|w| w.ack() == Ack::Acknowledged)
+            .count() as u64;
+        if let Err(e) = self.wal.append(lsn, &log.into_inner()) {
+            // The commit stands, but the log lacks it, and later frames would be redone
+            // without it: make redb durable at once instead.
+            tracing::error!("group commit: {e}; checkpointing instead");
+            let mut p = lock(&self.state.progress);
+            p.appended = lsn;
+            drop(p);
+            return self.checkpoint();
+        }
+        let mut p = lock(&self.state.progress);
+        p.appended = lsn;
+        if acknowledged > 0 {
+            p.committed = lsn;
+            p.acknowledged += acknowledged;
+        }
+        drop(p);
+        self.state.sync.notify_one();
+        Ok(())
+    }
+
+    /// Make redb durable (an empty immediate commit writes every commit before it), so
+    /// every frame is in it, and start the log over.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let flushed = flush(&self.db);
+        let mut p = lock(&self.state.progress);
+        match &flushed {
+            Ok(()) => {
+                p.synced = p.synced.max(p.appended);
+                p.attempted = p.attempted.max(p.appended);
+                p.failed = None;
+                p.broken = false;
+            }
+            Err(e) => {
+                tracing::error!("group commit: checkpoint failed: {e}");
+                p.failed = Some((p.appended, e.to_string()));
+            }
+        }
+        let synced = p.synced;
+        drop(p);
+        self.state.done.notify_all();
+        self.state.synced.send_replace(synced);
+        if flushed.is_ok()
+            && self.wal.len() > 0
+            && let Err(e) = self.wal.reset()
+        {
+            // Harmless: the frames left are all in redb and are skipped at restart.
+            tracing::warn!("group commit: {e}");
+        }
+        flushed
     }
 }
 
-/// Apply `batch` in one unsynced transaction; if any write in it fails, redo each alone.
-/// Acknowledged writes are counted before their callers hear back, so a caller that then
-/// awaits `durable` waits for the flush that covers its write.
-fn apply(db: &Database, m: &Mutex<Progress>, mut batch: Vec<Box<dyn Write>>) {
-    let acks =
-        |ws: &[Box<dyn Write>]| ws.iter().filter(|w| w.ack() == Ack::Acknowledged).count() as u64;
-    if batch.len() > 1 {
-        if together(db, &mut batch).is_ok() {
-            lock(m).committed += acks(&batch);
-            for w in batch {
-                w.finish(Ok(()));
-            }
-            return;
-        }
-        tracing::debug!(
-            "a write failed in a batch of {}; redoing each alone",
-            batch.len()
-        );
-    }
-    for mut w in batch {
-        let outcome = together(db, std::slice::from_mut(&mut w));
-        if outcome.is_ok() {
-            lock(m).committed += acks(std::slice::from_ref(&w));
-        }
-        w.finish(outcome);
-    }
-}
-
-/// Apply `writes` in one unsynced transaction and commit it; on any failure (a panic
-/// included) nothing is committed.
-fn together(db: &Database, writes: &mut [Box<dyn Write>]) -> Result<(), StoreError> {
+/// Apply `w` in a transaction of its own, fsynced if it is acknowledged.
+fn immediate(db: &Database, w: &mut dyn Write) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::None)?;
-    for w in writes.iter_mut() {
-        catch_unwind(AssertUnwindSafe(|| w.apply(&txn))).unwrap_or_else(|_| {
-            Err(StoreError::Corrupt(
-                "write".into(),
-                "the write panicked; nothing of it was committed".into(),
-            ))
-        })?;
+    if w.ack() == Ack::Lazy {
+        txn.set_durability(Durability::None)?;
     }
+    catch_unwind(AssertUnwindSafe(|| w.apply(&Tx::new(&txn, None)))).unwrap_or_else(|_| {
+        Err(StoreError::Corrupt(
+            "write".into(),
+            "the write panicked; nothing of it was committed".into(),
+        ))
+    })?;
     txn.commit()?;
     Ok(())
+}
+
+/// The log's fsync thread: whenever an acknowledged write waits, fsync every frame
+/// appended so far, and tell the waiters.
+fn sync_log(log: &File, state: &State) {
+    loop {
+        let target = {
+            let mut p = lock(&state.progress);
+            // No timer: the frames appended while one fsync runs wait for the next, and
+            // that is what makes writes share fsyncs.
+            loop {
+                if p.ended {
+                    return;
+                }
+                if p.committed > p.attempted && !p.broken {
+                    break p.appended;
+                }
+                p = state.sync.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let synced = log.sync_data();
+        let mut p = lock(&state.progress);
+        p.attempted = p.attempted.max(target);
+        p.flushes += 1;
+        match synced {
+            Ok(()) => p.synced = p.synced.max(target),
+            Err(e) => {
+                tracing::error!("group commit: fsync of the write-ahead log failed: {e}");
+                p.failed = Some((target, e.to_string()));
+                p.broken = true;
+            }
+        }
+        let now = p.synced;
+        drop(p);
+        state.done.notify_all();
+        state.synced.send_replace(now);
+    }
 }
 
 /// An empty immediate commit: it writes every unsynced commit before it.
@@ -451,7 +574,6 @@ fn flush(db: &Database) -> Result<(), StoreError> {
     txn.commit()?;
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Barrier};
@@ -514,7 +636,7 @@ mod tests {
         };
         // Every later write waits in the queue, to be applied as one batch.
         let since = std::time::Instant::now();
-        while super::lock(&store.syncer.progress.0).queue.len() < GOOD + 1 {
+        while super::lock(&store.syncer.state.progress).queue.len() < GOOD + 1 {
             assert!(since.elapsed().as_secs() < 10, "the writes never queued up");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -532,6 +654,110 @@ mod tests {
             );
         }
         assert!(store.task("t-nowhere").unwrap().is_none());
+    }
+
+    /// Copy the store's files from `from` to a fresh directory while its host runs: what a
+    /// host killed at that moment leaves on disk (the kernel keeps what was written).
+    /// Without `wal`, the copy has redb's file alone.
+    fn as_killed(from: &std::path::Path, wal: bool) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        let files = [crate::store::STORE_FILE, crate::store::WAL_FILE];
+        for f in &files[..if wal { 2 } else { 1 }] {
+            std::fs::copy(from.join(f), to.path().join(f)).unwrap();
+        }
+        to
+    }
+
+    /// Acknowledged handoffs are on disk in the log before redb has them: a host killed
+    /// before a checkpoint comes back with every one, redone from the log, and without the
+    /// log they would be gone.
+    #[test]
+    fn a_killed_host_redoes_its_log_and_keeps_every_acknowledged_write() {
+        const WRITES: usize = 20;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_commit_policy(CommitPolicy::Group);
+        let tasks: Vec<String> = (0..WRITES)
+            .map(|i| {
+                let c = store.hand_off(handoff(i)).unwrap().unwrap();
+                store.durable_blocking().unwrap();
+                c.task
+            })
+            .collect();
+        let killed = as_killed(dir.path(), true);
+        let redb_alone = as_killed(dir.path(), false);
+        drop(store);
+
+        let wal = killed.path().join(crate::store::WAL_FILE);
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() > 0,
+            "nothing was logged"
+        );
+        let store = Store::open(killed.path()).unwrap();
+        for t in &tasks {
+            let task = store.task(t).unwrap();
+            assert!(
+                task.is_some(),
+                "acknowledged task {t} is gone after the kill"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            0,
+            "the log did not start over once redone"
+        );
+        drop(store);
+        // Opened again, nothing is redone twice: every task once, in its inbox once.
+        let store = Store::open(killed.path()).unwrap();
+        assert_eq!(store.inbox_depth("writer").unwrap(), WRITES as u64);
+
+        let store = Store::open(redb_alone.path()).unwrap();
+        let kept = tasks
+            .iter()
+            .filter(|t| store.task(t).unwrap().is_some())
+            .count();
+        assert!(
+            kept < WRITES,
+            "redb held all {WRITES} tasks without the log: the test proves nothing"
+        );
+    }
+
+    /// A frame the crash cut short ends the log: the write in it, never fsynced and so
+    /// never acknowledged, is gone, and every write before it is redone.
+    #[test]
+    fn a_frame_cut_short_by_a_crash_is_dropped_and_the_frames_before_it_are_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_commit_policy(CommitPolicy::Group);
+        let acknowledged: Vec<String> = (0..5)
+            .map(|i| {
+                let c = store.hand_off(handoff(i)).unwrap().unwrap();
+                store.durable_blocking().unwrap();
+                c.task
+            })
+            .collect();
+        // Logged last, alone in its frame; the kill cuts that frame short.
+        let last = store.hand_off(handoff(99)).unwrap().unwrap().task;
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let wal = killed.path().join(crate::store::WAL_FILE);
+        let len = std::fs::metadata(&wal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
+
+        let store = Store::open(killed.path()).unwrap();
+        for t in &acknowledged {
+            assert!(store.task(t).unwrap().is_some(), "task {t} is gone");
+        }
+        assert!(
+            store.task(&last).unwrap().is_none(),
+            "task {last}, whose frame was cut short, came back"
+        );
+        assert_eq!(store.inbox_depth("writer").unwrap(), 5);
     }
 
     /// Writers that commit together share fsyncs, and each learns its write is on disk:

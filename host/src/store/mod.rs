@@ -25,12 +25,15 @@ mod operator;
 mod queue;
 pub mod records;
 mod streams;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +46,8 @@ pub use commit::CommitPolicy;
 pub use queue::{Committed, NewHandoff, Pick, Refusal, fingerprint};
 pub use records::*;
 pub use streams::StreamRead;
+use wal::Tx;
+pub use wal::WAL_FILE;
 
 /// The file inside the state directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -174,9 +179,10 @@ impl Store {
             txn.open_table(AUDIT)?;
         }
         txn.commit()?;
+        let next = redo_log(&db, &dir.join(WAL_FILE))?;
         let db = Arc::new(db);
         Ok(Store {
-            syncer: commit::Syncer::start(db.clone()),
+            syncer: commit::Syncer::start(db.clone(), next.0, next.1)?,
             db,
             path,
         })
@@ -217,7 +223,7 @@ impl Store {
     fn write<T, F>(&self, ack: Ack, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.syncer.write(ack, f)
     }
@@ -333,7 +339,7 @@ impl Store {
 
     fn get<T: for<'de> Deserialize<'de>>(
         &self,
-        table: TableDefinition<&str, &str>,
+        table: TableDefinition<'static, &str, &str>,
         id: &str,
     ) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -343,6 +349,69 @@ impl Store {
         };
         decode(id, v.value()).map(Some)
     }
+}
+
+/// Open the write-ahead log at `path` and redo, in one durable commit, the frames in it
+/// that redb does not hold (a host that stopped without a checkpoint left them), then
+/// start the log over. Returns the log and the number of its next frame.
+fn redo_log(db: &Database, path: &Path) -> Result<(wal::Wal, u64), StoreError> {
+    let held = db
+        .begin_read()?
+        .open_table(COUNTERS)?
+        .get(wal::LSN_COUNTER)?
+        .map_or(0, |v| v.value());
+    let (mut log, wal::Unapplied { frames, next }) = wal::Wal::open(path, held)?;
+    if !frames.is_empty() {
+        let txn = db.begin_write()?;
+        for payload in &frames {
+            for change in wal::Wal::changes_of(payload) {
+                redo(&txn, &change)?;
+            }
+        }
+        txn.commit()?;
+        tracing::info!(
+            "redid {} transactions from `{}` that were not in the store yet",
+            frames.len(),
+            path.display()
+        );
+    }
+    if log.len() > 0 {
+        log.reset()?;
+    }
+    Ok((log, next))
+}
+
+/// Redo one logged change on the table it names.
+fn redo(txn: &WriteTransaction, change: &wal::Change<'_>) -> Result<(), StoreError> {
+    macro_rules! tables {
+        ($($def:ident),*) => {
+            match change.table {
+                $(name if name == $def.name() => wal::redo(txn, $def, change),)*
+                other => Err(StoreError::Corrupt(
+                    WAL_FILE.into(),
+                    format!("a change to `{other}`, which is no table of the store"),
+                )),
+            }
+        };
+    }
+    tables!(
+        BB_VALUES,
+        BB_META,
+        BB_HEAD,
+        TASKS,
+        HANDOFFS,
+        HANDOFF_ONCE,
+        INBOX_CLAIMS,
+        INBOX,
+        READY,
+        RUNNING,
+        CHAIN,
+        GRANTS,
+        STREAMS,
+        OPERATOR_INBOX,
+        COUNTERS,
+        AUDIT
+    )
 }
 
 /// How many tasks wait in the inbox of `target`, in a read or a write transaction.
@@ -380,13 +449,7 @@ fn entry(
 }
 
 /// Append a version of `key` written by `writer`.
-fn put(
-    txn: &WriteTransaction,
-    key: &str,
-    writer: &str,
-    value: &[u8],
-    now: u64,
-) -> Result<u64, StoreError> {
+fn put(txn: &Tx<'_>, key: &str, writer: &str, value: &[u8], now: u64) -> Result<u64, StoreError> {
     let mut head = txn.open_table(BB_HEAD)?;
     let version = head.get(key)?.map_or(0, |v| v.value()) + 1;
     head.insert(key, version)?;
@@ -402,7 +465,7 @@ fn put(
     Ok(version)
 }
 
-fn next(txn: &WriteTransaction, counter: &str) -> Result<u64, StoreError> {
+fn next(txn: &Tx<'_>, counter: &str) -> Result<u64, StoreError> {
     let mut counters = txn.open_table(COUNTERS)?;
     let n = counters.get(counter)?.map_or(0, |v| v.value()) + 1;
     counters.insert(counter, n)?;
@@ -410,8 +473,8 @@ fn next(txn: &WriteTransaction, counter: &str) -> Result<u64, StoreError> {
 }
 
 fn put_json<T: Serialize>(
-    txn: &WriteTransaction,
-    table: TableDefinition<&str, &str>,
+    txn: &Tx<'_>,
+    table: TableDefinition<'static, &str, &str>,
     id: &str,
     value: &T,
 ) -> Result<(), StoreError> {
@@ -421,16 +484,16 @@ fn put_json<T: Serialize>(
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(
-    txn: &WriteTransaction,
-    table: TableDefinition<&str, &str>,
+    txn: &Tx<'_>,
+    table: TableDefinition<'static, &str, &str>,
     id: &str,
 ) -> Result<T, StoreError> {
     try_get_json(txn, table, id)?.ok_or_else(|| StoreError::Missing("record", id.into()))
 }
 
 fn try_get_json<T: for<'de> Deserialize<'de>>(
-    txn: &WriteTransaction,
-    table: TableDefinition<&str, &str>,
+    txn: &Tx<'_>,
+    table: TableDefinition<'static, &str, &str>,
     id: &str,
 ) -> Result<Option<T>, StoreError> {
     let t = txn.open_table(table)?;

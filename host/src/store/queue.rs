@@ -6,10 +6,11 @@
 //! any reply; failure applies the caller's declared fallback in the same commit, so a
 //! crash never leaves a failure without its consequence.
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 use sha2::{Digest, Sha256};
 
 use super::commit::Ack;
+use super::wal::Tx;
 use super::{
     CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, READY, RUNNING,
     STREAMS, Store, StoreError, TASKS, get_json, next, now_ms, put, put_json, try_get_json,
@@ -221,11 +222,7 @@ impl Store {
 }
 
 /// The body of [`Store::claim_ready`].
-fn claim_ready_in(
-    txn: &WriteTransaction,
-    max: usize,
-    pick: &PickFn,
-) -> Result<Vec<TaskRecord>, StoreError> {
+fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRecord>, StoreError> {
     let now = now_ms();
     let mut chosen: Vec<(u64, String, String)> = Vec::new();
     let mut picked: Vec<String> = Vec::new();
@@ -274,7 +271,7 @@ fn claim_ready_in(
 
 /// The body of [`Store::claim_inbox`].
 fn claim_inbox_in(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     agent: &str,
     claimer: &str,
     max: u32,
@@ -309,7 +306,7 @@ fn claim_inbox_in(
 
 /// The body of [`Store::complete`].
 fn complete_in(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     task_id: &str,
     summary: &str,
     data: &[u8],
@@ -374,7 +371,7 @@ pub fn fingerprint(to: &str, summary: &str, data: Option<&[u8]>, pointer: Option
 }
 
 /// The body of a handoff, inside the caller's transaction.
-pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<Committed> {
+pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> {
     let once = match (&h.parent, h.nth) {
         (Some(parent), Some(n)) => Some((parent.id.clone(), n)),
         _ => None,
@@ -390,7 +387,7 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
             replayed: true,
         }));
     }
-    let depth = super::pending(&txn.open_table(INBOX)?, &h.to)?;
+    let depth = super::pending(&*txn.open_table(INBOX)?, &h.to)?;
     if depth >= h.inbox_depth {
         return Ok(Err(Refusal::Full(format!(
             "inbox of `{}` is full ({} pending tasks); try later",
@@ -549,7 +546,7 @@ pub(super) fn record_handoff(txn: &WriteTransaction, h: NewHandoff) -> Outcome<C
 }
 
 /// Put a task in its target's inbox and the wake queue, at the back.
-pub(super) fn make_ready(txn: &WriteTransaction, task: &TaskRecord) -> Result<(), StoreError> {
+pub(super) fn make_ready(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     put_json(txn, TASKS, &task.id, task)?;
     let seq = next(txn, "seq")?;
     txn.open_table(INBOX)?
@@ -567,11 +564,7 @@ pub(super) fn make_ready(txn: &WriteTransaction, task: &TaskRecord) -> Result<()
 
 /// Forget what `claimer` claimed through `check-inbox`; with `give_back`, put those
 /// tasks back in their inbox, pending, as if never claimed (their claimer failed or died).
-fn release_claims(
-    txn: &WriteTransaction,
-    claimer: &str,
-    give_back: bool,
-) -> Result<(), StoreError> {
+fn release_claims(txn: &Tx<'_>, claimer: &str, give_back: bool) -> Result<(), StoreError> {
     let claimed: Vec<String> = {
         let claims = txn.open_table(INBOX_CLAIMS)?;
         let mut ids = Vec::new();
@@ -605,14 +598,20 @@ fn release_claims(
 /// Drop the record of which hand-offs `task` made (see [`Store::hand_off`]) once it has
 /// ended for good: it is never delivered again, so nothing will replay them. A crash
 /// before this commit loses the drop with the end, and the rerun still finds them.
-fn forget_handoffs_of(txn: &WriteTransaction, task: &str) -> Result<(), StoreError> {
-    txn.open_table(HANDOFF_ONCE)?
-        .retain_in((task, 0)..=(task, u32::MAX), |_, _| false)?;
+fn forget_handoffs_of(txn: &Tx<'_>, task: &str) -> Result<(), StoreError> {
+    let mut once = txn.open_table(HANDOFF_ONCE)?;
+    let made: Vec<u32> = once
+        .range((task, 0)..=(task, u32::MAX))?
+        .map(|row| row.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for n in made {
+        once.remove((task, n))?;
+    }
     Ok(())
 }
 
 /// Mark a task delivered to its agent: save it and grant its pointer.
-fn deliver(txn: &WriteTransaction, task: &TaskRecord) -> Result<(), StoreError> {
+fn deliver(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     put_json(txn, TASKS, &task.id, task)?;
     if let Some(key) = &task.pointer {
         let agent = task.agent.as_deref().unwrap_or(&task.to);
@@ -623,7 +622,7 @@ fn deliver(txn: &WriteTransaction, task: &TaskRecord) -> Result<(), StoreError> 
 
 /// If the caller of `task` asked for a reply, hand it one pointing at the task's outcome.
 fn send_reply(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     task: &TaskRecord,
     summary: &str,
     deadline_ms: u64,
@@ -660,7 +659,7 @@ fn send_reply(
 }
 
 fn fail_in(
-    txn: &WriteTransaction,
+    txn: &Tx<'_>,
     task_id: &str,
     kind: FailureKind,
     reason: &str,
@@ -762,11 +761,7 @@ fn fail_in(
 
 /// Mark a task failed for good and put its failure record on the blackboard, at
 /// `failures/<task>`, written by the host, so a caller's reply can point at it.
-fn finish_failed(
-    txn: &WriteTransaction,
-    task: &mut TaskRecord,
-    now: u64,
-) -> Result<(), StoreError> {
+fn finish_failed(txn: &Tx<'_>, task: &mut TaskRecord, now: u64) -> Result<(), StoreError> {
     task.status = Status::Failed;
     task.finished_at = Some(now);
     forget_handoffs_of(txn, &task.id)?;

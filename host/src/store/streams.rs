@@ -4,6 +4,7 @@
 
 use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
+use super::wal::Tx;
 use super::{
     BB_META, BB_VALUES, HANDOFFS, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put,
     put_json, try_get_json,
@@ -77,12 +78,7 @@ impl Store {
 
 /// The body of [`Store::stream_read`]. The chunk is read in the same transaction as the
 /// stream's record: a chunk written in the same batch is not on any snapshot yet.
-fn read_chunk(
-    txn: &redb::WriteTransaction,
-    reader: &str,
-    key: &str,
-    after: u64,
-) -> Outcome<StreamRead> {
+fn read_chunk(txn: &Tx<'_>, reader: &str, key: &str, after: u64) -> Outcome<StreamRead> {
     let Some(mut meta) = try_get_json::<StreamMeta>(txn, STREAMS, key)? else {
         return Ok(Err(Refusal::NotFound(format!("no stream at `{key}`"))));
     };
@@ -100,8 +96,8 @@ fn read_chunk(
         }));
     }
     let entry = super::entry(
-        &txn.open_table(BB_META)?,
-        &txn.open_table(BB_VALUES)?,
+        &*txn.open_table(BB_META)?,
+        &*txn.open_table(BB_VALUES)?,
         key,
         after + 1,
     )?
@@ -122,11 +118,7 @@ fn read_chunk(
     Ok(Ok(StreamRead::Chunk(entry)))
 }
 
-fn open_stream_of(
-    txn: &redb::WriteTransaction,
-    writer: &str,
-    handoff: &str,
-) -> Outcome<StreamMeta> {
+fn open_stream_of(txn: &Tx<'_>, writer: &str, handoff: &str) -> Outcome<StreamMeta> {
     let Some(h) = try_get_json::<HandoffRecord>(txn, HANDOFFS, handoff)? else {
         return Ok(Err(Refusal::NotFound(format!("no handoff `{handoff}`"))));
     };
@@ -146,7 +138,7 @@ fn open_stream_of(
 }
 
 /// Make the reader's task ready if it still waits for its first chunk.
-fn wake_reader(txn: &redb::WriteTransaction, meta: &StreamMeta) -> Result<bool, StoreError> {
+fn wake_reader(txn: &Tx<'_>, meta: &StreamMeta) -> Result<bool, StoreError> {
     let mut task: TaskRecord = get_json(txn, TASKS, &meta.task)?;
     if task.status != Status::Waiting {
         return Ok(false);

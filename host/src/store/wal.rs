@@ -1,0 +1,339 @@
+//! The write-ahead log: what makes a group commit's fsync cheap.
+//!
+//! redb writes a commit as copy-on-write pages scattered over its file, and an fsync
+//! costs about 25 µs per scattered page on these disks: a flush of a few handoffs touched
+//! some 35 pages and took 0.8 ms, where one append of the same changes takes 0.15 ms.
+//! So under group commit the store logs every change a transaction made (each key it
+//! inserted or removed, byte for byte) to `store.wal`, one frame per transaction,
+//! appended in redb's commit order, and fsyncs *that* to acknowledge writes. redb itself
+//! commits without an fsync, and is made durable only now and then, at a checkpoint,
+//! after which the log starts over.
+//!
+//! Each logged transaction also stores its frame's number (`wal` in the counters table),
+//! so the redb file always says which frames it holds. After a crash redb comes back at
+//! its last durable commit, and the frames after the number it holds are redone, in
+//! order, on exactly the state they were made on. Redoing a change is writing the same
+//! bytes to the same key, so a crash during recovery is recovered the same way. A frame
+//! cut short by the crash (its length or checksum does not match) ends the log: it was
+//! never fsynced, so nothing in it was acknowledged.
+//!
+//! Frame: `len: u32 | crc32(lsn, payload): u32 | lsn: u64 | payload`, little-endian.
+//! Payload: changes, each `op: u8 | table name: u8 len + bytes | key: u32 len + bytes`
+//! then, for an insert, `value: u32 len + bytes`.
+
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write as _};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+
+use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
+
+use super::StoreError;
+
+/// The log, beside the redb file in the state directory.
+pub const WAL_FILE: &str = "store.wal";
+
+/// The counter holding the number of the last frame the redb file holds.
+pub(super) const LSN_COUNTER: &str = "wal";
+
+const INSERT: u8 = 1;
+const REMOVE: u8 = 2;
+const HEADER: usize = 16;
+
+/// A write transaction as the store's writes see it: redb's, and, under group commit, a
+/// record of every change made through it.
+pub(super) struct Tx<'a> {
+    txn: &'a WriteTransaction,
+    log: Option<&'a RefCell<Vec<u8>>>,
+}
+
+impl<'a> Tx<'a> {
+    /// Changes through this are applied to `txn` and appended to `log`, if any.
+    pub(super) fn new(txn: &'a WriteTransaction, log: Option<&'a RefCell<Vec<u8>>>) -> Self {
+        Tx { txn, log }
+    }
+
+    /// Open `def` to read and change it.
+    pub(super) fn open_table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+    ) -> Result<Table<'_, K, V>, StoreError> {
+        Ok(Table {
+            inner: self.txn.open_table(def)?,
+            def,
+            log: self.log,
+        })
+    }
+}
+
+/// A table open in a [`Tx`]: reads go straight to redb (through `Deref`), and every
+/// change is logged before it is made.
+pub(super) struct Table<'t, K: Key + 'static, V: Value + 'static> {
+    inner: redb::Table<'t, K, V>,
+    def: TableDefinition<'static, K, V>,
+    log: Option<&'t RefCell<Vec<u8>>>,
+}
+
+impl<K: Key + 'static, V: Value + 'static> Table<'_, K, V> {
+    /// Set `key` to `value`.
+    pub(super) fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (key.borrow(), value.borrow());
+        if let Some(log) = self.log {
+            let value = V::as_bytes(value);
+            record(
+                &mut log.borrow_mut(),
+                INSERT,
+                self.def.name(),
+                K::as_bytes(key).as_ref(),
+                Some(value.as_ref()),
+            );
+        }
+        self.inner.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Remove `key`, if it is there.
+    pub(super) fn remove<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<(), StoreError> {
+        let key = key.borrow();
+        if let Some(log) = self.log {
+            record(
+                &mut log.borrow_mut(),
+                REMOVE,
+                self.def.name(),
+                K::as_bytes(key).as_ref(),
+                None,
+            );
+        }
+        self.inner.remove(key)?;
+        Ok(())
+    }
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> Deref for Table<'t, K, V> {
+    type Target = redb::Table<'t, K, V>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+fn record(log: &mut Vec<u8>, op: u8, table: &str, key: &[u8], value: Option<&[u8]>) {
+    let name = u8::try_from(table.len()).expect("table names are short");
+    log.push(op);
+    log.push(name);
+    log.extend_from_slice(table.as_bytes());
+    for bytes in std::iter::once(key).chain(value) {
+        let len = u32::try_from(bytes.len()).expect("redb bounds keys and values below 4 GiB");
+        log.extend_from_slice(&len.to_le_bytes());
+        log.extend_from_slice(bytes);
+    }
+}
+
+/// One logged change, borrowed from a frame.
+pub(super) struct Change<'a> {
+    /// The table's name.
+    pub table: &'a str,
+    /// The key's bytes, as redb stores them.
+    pub key: &'a [u8],
+    /// The value's bytes for an insert; `None` for a removal.
+    pub value: Option<&'a [u8]>,
+}
+
+/// Redo `change` in `txn`, on `def`, the table it names.
+pub(super) fn redo<K: Key + 'static, V: Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    change: &Change<'_>,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(def)?;
+    match change.value {
+        Some(value) => {
+            table.insert(K::from_bytes(change.key), V::from_bytes(value))?;
+        }
+        None => {
+            table.remove(K::from_bytes(change.key))?;
+        }
+    }
+    Ok(())
+}
+
+/// The changes of one frame's payload, in order; `None` if it does not parse (a frame
+/// whose checksum matched always does).
+fn changes(mut payload: &[u8]) -> Option<Vec<Change<'_>>> {
+    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (buf.get(..n)?, buf.get(n..)?);
+        *buf = tail;
+        Some(head)
+    }
+    fn sized<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(take(buf, 4)?.try_into().ok()?);
+        take(buf, usize::try_from(len).ok()?)
+    }
+    let mut out = Vec::new();
+    while !payload.is_empty() {
+        let op = take(&mut payload, 1)?[0];
+        let name_len = usize::from(take(&mut payload, 1)?[0]);
+        let table = std::str::from_utf8(take(&mut payload, name_len)?).ok()?;
+        let key = sized(&mut payload)?;
+        let value = match op {
+            INSERT => Some(sized(&mut payload)?),
+            REMOVE => None,
+            _ => return None,
+        };
+        out.push(Change { table, key, value });
+    }
+    Some(out)
+}
+
+fn crc(lsn: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&lsn.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// What [`Wal::open`] found in the log that redb does not hold.
+pub(super) struct Unapplied {
+    /// The frames' payloads, in order.
+    pub frames: Vec<Vec<u8>>,
+    /// The number for the next frame.
+    pub next: u64,
+}
+
+/// The log file, appended to by the writer thread alone.
+pub(super) struct Wal {
+    file: File,
+    path: PathBuf,
+    /// Bytes appended since the log last started over.
+    len: u64,
+}
+
+fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
+    StoreError::Db(redb::Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what} `{}`: {e}", path.display()),
+    )))
+}
+
+impl Wal {
+    /// Open (or create) the log at `path`, and give back the frames in it that are not
+    /// in redb yet: those whose numbers follow `held`, the last frame redb holds.
+    pub(super) fn open(path: &Path, held: u64) -> Result<(Wal, Unapplied), StoreError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_error(path, "cannot open the write-ahead log", &e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io_error(path, "cannot read the write-ahead log", &e))?;
+        let mut frames = Vec::new();
+        let mut last = held;
+        let mut at = 0;
+        while let Some(head) = bytes.get(at..at + HEADER) {
+            let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+            let sum = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+            let lsn = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+            let Some(payload) = usize::try_from(len)
+                .ok()
+                .and_then(|len| bytes.get(at + HEADER..at + HEADER + len))
+            else {
+                break;
+            };
+            if crc(lsn, payload) != sum || changes(payload).is_none() {
+                break;
+            }
+            // Frames redb holds already are skipped; the rest must follow on one by one,
+            // as they were committed.
+            if lsn > held {
+                if lsn != last + 1 {
+                    break;
+                }
+                frames.push(payload.to_vec());
+                last = lsn;
+            }
+            at += HEADER + payload.len();
+        }
+        if at < bytes.len() {
+            tracing::warn!(
+                "`{}`: the last {} bytes are not a whole frame (a write cut short by a crash, never acknowledged); ignored",
+                path.display(),
+                bytes.len() - at
+            );
+        }
+        let wal = Wal {
+            file,
+            path: path.to_path_buf(),
+            len: bytes.len() as u64,
+        };
+        Ok((
+            wal,
+            Unapplied {
+                frames,
+                next: last + 1,
+            },
+        ))
+    }
+
+    /// The parsed changes of a frame `open` returned.
+    pub(super) fn changes_of(payload: &[u8]) -> Vec<Change<'_>> {
+        changes(payload).unwrap_or_default()
+    }
+
+    /// A second handle on the file, to fsync it from another thread.
+    pub(super) fn sync_handle(&self) -> Result<File, StoreError> {
+        self.file
+            .try_clone()
+            .map_err(|e| io_error(&self.path, "cannot share the write-ahead log", &e))
+    }
+
+    /// Append frame `lsn` holding `payload` (not fsynced).
+    pub(super) fn append(&mut self, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            StoreError::Corrupt(
+                "write".into(),
+                format!(
+                    "a transaction of {} bytes is too large to log",
+                    payload.len()
+                ),
+            )
+        })?;
+        let mut frame = Vec::with_capacity(HEADER + payload.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&crc(lsn, payload).to_le_bytes());
+        frame.extend_from_slice(&lsn.to_le_bytes());
+        frame.extend_from_slice(payload);
+        self.file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(&frame))
+            .map_err(|e| io_error(&self.path, "cannot append to the write-ahead log", &e))?;
+        self.len += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes logged since the log last started over.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Start over: every frame is in redb's durable state.
+    pub(super) fn reset(&mut self) -> Result<(), StoreError> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| io_error(&self.path, "cannot reset the write-ahead log", &e))?;
+        self.len = 0;
+        Ok(())
+    }
+}
