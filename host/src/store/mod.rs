@@ -12,7 +12,8 @@
 //! - [`Backend`]: the trait the host reaches its state through; [`Store`] is its redb
 //!   implementation.
 //! - [`records`]: what is stored.
-//! - `commit`: the commit policy and group commit.
+//! - `commit`: the commit policy, group commit and checkpoints.
+//! - `wal`: the write-ahead log that group commit fsyncs, and how a restart redoes it.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
@@ -148,7 +149,9 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`, with [`CommitPolicy::Immediate`].
+    /// Open (or create) the store in `dir`, with [`CommitPolicy::Immediate`]. Writes a
+    /// host that was killed had made durable only in the write-ahead log ([`WAL_FILE`])
+    /// are redone first.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Db(redb::Error::Io(std::io::Error::new(
@@ -179,10 +182,10 @@ impl Store {
             txn.open_table(AUDIT)?;
         }
         txn.commit()?;
-        let next = redo_log(&db, &dir.join(WAL_FILE))?;
+        let (log, next) = redo_log(&db, &dir.join(WAL_FILE))?;
         let db = Arc::new(db);
         Ok(Store {
-            syncer: commit::Syncer::start(db.clone(), next.0, next.1)?,
+            syncer: commit::Syncer::start(db.clone(), log, next)?,
             db,
             path,
         })

@@ -267,7 +267,7 @@ impl Wal {
         }
         if at < bytes.len() {
             tracing::warn!(
-                "`{}`: the last {} bytes are not a whole frame (a write cut short by a crash, never acknowledged); ignored",
+                "`{}`: the last {} bytes do not continue the log (a frame cut short by a crash, never fsynced, so never acknowledged); ignored",
                 path.display(),
                 bytes.len() - at
             );
