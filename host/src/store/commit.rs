@@ -605,6 +605,22 @@ mod tests {
         }
     }
 
+    /// A store in a fresh directory, under group commit.
+    fn group_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_commit_policy(CommitPolicy::Group);
+        (dir, store)
+    }
+
+    /// Hand off `handoff(i)` and wait until it is on disk, as the host does before it
+    /// acknowledges a handoff; the new task's id.
+    fn acknowledged(store: &Store, i: usize) -> String {
+        let task = store.hand_off(handoff(i)).unwrap().unwrap().task;
+        store.durable_blocking().unwrap();
+        task
+    }
+
     /// Writes queued behind a busy writer are applied together; one that fails in the
     /// batch fails alone, with its own error, and every other write of the batch commits.
     #[test]
@@ -624,11 +640,7 @@ mod tests {
         let good: Vec<_> = (0..GOOD)
             .map(|i| {
                 let store = store.clone();
-                std::thread::spawn(move || {
-                    let c = store.hand_off(handoff(i)).unwrap().unwrap();
-                    store.durable_blocking().unwrap();
-                    c.task
-                })
+                std::thread::spawn(move || acknowledged(&store, i))
             })
             .collect();
         let bad = {
@@ -675,16 +687,8 @@ mod tests {
     #[test]
     fn a_killed_host_redoes_its_log_and_keeps_every_acknowledged_write() {
         const WRITES: usize = 20;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.set_commit_policy(CommitPolicy::Group);
-        let tasks: Vec<String> = (0..WRITES)
-            .map(|i| {
-                let c = store.hand_off(handoff(i)).unwrap().unwrap();
-                store.durable_blocking().unwrap();
-                c.task
-            })
-            .collect();
+        let (dir, store) = group_store();
+        let tasks: Vec<String> = (0..WRITES).map(|i| acknowledged(&store, i)).collect();
         let killed = as_killed(dir.path(), true);
         let redb_alone = as_killed(dir.path(), false);
         drop(store);
@@ -728,16 +732,12 @@ mod tests {
     #[test]
     fn writes_across_checkpoints_survive_a_kill() {
         const WRITES: usize = 120;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.set_commit_policy(CommitPolicy::Group);
+        let (dir, store) = group_store();
         let mut tasks = Vec::new();
         let mut restarts = 0;
         let mut last_len = 0;
         for i in 0..WRITES {
-            let c = store.hand_off(handoff(i)).unwrap().unwrap();
-            store.durable_blocking().unwrap();
-            tasks.push(c.task);
+            tasks.push(acknowledged(&store, i));
             let len = std::fs::metadata(dir.path().join(crate::store::WAL_FILE))
                 .unwrap()
                 .len();
@@ -762,16 +762,8 @@ mod tests {
     /// never acknowledged, is gone, and every write before it is redone.
     #[test]
     fn a_frame_cut_short_by_a_crash_is_dropped_and_the_frames_before_it_are_redone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.set_commit_policy(CommitPolicy::Group);
-        let acknowledged: Vec<String> = (0..5)
-            .map(|i| {
-                let c = store.hand_off(handoff(i)).unwrap().unwrap();
-                store.durable_blocking().unwrap();
-                c.task
-            })
-            .collect();
+        let (dir, store) = group_store();
+        let before: Vec<String> = (0..5).map(|i| acknowledged(&store, i)).collect();
         // Logged last, alone in its frame; the kill cuts that frame short.
         let last = store.hand_off(handoff(99)).unwrap().unwrap().task;
         let killed = as_killed(dir.path(), true);
@@ -786,7 +778,7 @@ mod tests {
             .unwrap();
 
         let store = Store::open(killed.path()).unwrap();
-        for t in &acknowledged {
+        for t in &before {
             assert!(store.task(t).unwrap().is_some(), "task {t} is gone");
         }
         assert!(
@@ -810,9 +802,7 @@ mod tests {
                 let (store, start) = (store.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    let c = store.hand_off(handoff(i)).unwrap().unwrap();
-                    store.durable_blocking().unwrap();
-                    c.task
+                    acknowledged(&store, i)
                 })
             })
             .collect::<Vec<_>>()
