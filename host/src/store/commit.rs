@@ -449,12 +449,7 @@ impl Writer {
             // The frame's number, in the frame: redb then always says which frames it holds.
             tx.open_table(COUNTERS)?.insert(LSN_COUNTER, lsn)?;
             for w in writes.iter_mut() {
-                catch_unwind(AssertUnwindSafe(|| w.apply(&tx))).unwrap_or_else(|_| {
-                    Err(StoreError::Corrupt(
-                        "write".into(),
-                        "the write panicked; nothing of it was committed".into(),
-                    ))
-                })?;
+                caught(w.as_mut(), &tx)?;
             }
         }
         txn.commit()?;
@@ -463,15 +458,7 @@ impl Writer {
             .iter()
             .filter(|w| w.ack() == Ack::Acknowledged)
             .count() as u64;
-        if let Err(e) = self.wal.append(lsn, &log.into_inner()) {
-            // The commit stands, but the log lacks it, and later frames would be redone
-            // without it: make redb durable at once instead.
-            tracing::error!("group commit: {e}; checkpointing instead");
-            let mut p = lock(&self.state.progress);
-            p.appended = lsn;
-            drop(p);
-            return self.checkpoint();
-        }
+        let logged = self.wal.append(lsn, &log.into_inner());
         let mut p = lock(&self.state.progress);
         p.appended = lsn;
         if acknowledged > 0 {
@@ -479,7 +466,18 @@ impl Writer {
             p.acknowledged += acknowledged;
         }
         drop(p);
-        self.state.sync.notify_one();
+        // The transaction has committed whatever happens now: its writes must not be
+        // redone, so this returns `Ok` either way.
+        match logged {
+            Ok(()) => self.state.sync.notify_one(),
+            Err(e) => {
+                // The log lacks this frame, and later frames would be redone without it:
+                // make redb durable at once instead. If that fails too, the log is
+                // marked broken and no write is acknowledged until a checkpoint works.
+                tracing::error!("group commit: {e}; checkpointing instead");
+                let _ = self.checkpoint();
+            }
+        }
         Ok(())
     }
 
@@ -498,6 +496,8 @@ impl Writer {
             Err(e) => {
                 tracing::error!("group commit: checkpoint failed: {e}");
                 p.failed = Some((p.appended, e.to_string()));
+                // Whatever the log lacks now, only a checkpoint can make up for.
+                p.broken = true;
             }
         }
         let synced = p.synced;
@@ -521,14 +521,20 @@ fn immediate(db: &Database, w: &mut dyn Write) -> Result<(), StoreError> {
     if w.ack() == Ack::Lazy {
         txn.set_durability(Durability::None)?;
     }
-    catch_unwind(AssertUnwindSafe(|| w.apply(&Tx::new(&txn, None)))).unwrap_or_else(|_| {
+    caught(w, &Tx::new(&txn, None))?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Apply `w` in `tx`, a panic turned into an error (the transaction is then dropped, so
+/// nothing of it is committed).
+fn caught(w: &mut dyn Write, tx: &Tx<'_>) -> Result<(), StoreError> {
+    catch_unwind(AssertUnwindSafe(|| w.apply(tx))).unwrap_or_else(|_| {
         Err(StoreError::Corrupt(
             "write".into(),
             "the write panicked; nothing of it was committed".into(),
         ))
-    })?;
-    txn.commit()?;
-    Ok(())
+    })
 }
 
 /// The log's fsync thread: whenever an acknowledged write waits, fsync every frame
