@@ -369,7 +369,7 @@ impl Writer {
     /// is the handle the log's fsync thread uses.
     fn run(&mut self, policy: &AtomicBool, log: File) {
         let state = self.state.clone();
-        let _closing = Closing(&state);
+        let closing = Closing(&state);
         let syncer = {
             let state = state.clone();
             std::thread::Builder::new()
@@ -409,7 +409,7 @@ impl Writer {
             }
         }
         let _ = self.checkpoint();
-        drop(_closing);
+        drop(closing);
         if syncer.join().is_err() {
             tracing::error!("the log's fsync thread panicked");
         }

@@ -82,6 +82,31 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// seq → [`AuditRecord`]: the hash-chained audit log.
 pub const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
+/// Calls macro `$m` with every table of the store: one list, so that a table added to the
+/// store is also created at open and redone from the log.
+macro_rules! every_table {
+    ($m:ident) => {
+        $m!(
+            BB_VALUES,
+            BB_META,
+            BB_HEAD,
+            TASKS,
+            HANDOFFS,
+            HANDOFF_ONCE,
+            INBOX_CLAIMS,
+            INBOX,
+            READY,
+            RUNNING,
+            CHAIN,
+            GRANTS,
+            STREAMS,
+            OPERATOR_INBOX,
+            COUNTERS,
+            AUDIT
+        )
+    };
+}
+
 /// A store operation failed; the operation changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -163,24 +188,12 @@ impl Store {
         let db = Database::create(&path)?;
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write()?;
-        {
-            txn.open_table(BB_VALUES)?;
-            txn.open_table(BB_META)?;
-            txn.open_table(BB_HEAD)?;
-            txn.open_table(TASKS)?;
-            txn.open_table(HANDOFFS)?;
-            txn.open_table(HANDOFF_ONCE)?;
-            txn.open_table(INBOX_CLAIMS)?;
-            txn.open_table(INBOX)?;
-            txn.open_table(READY)?;
-            txn.open_table(RUNNING)?;
-            txn.open_table(CHAIN)?;
-            txn.open_table(GRANTS)?;
-            txn.open_table(STREAMS)?;
-            txn.open_table(OPERATOR_INBOX)?;
-            txn.open_table(COUNTERS)?;
-            txn.open_table(AUDIT)?;
+        macro_rules! create {
+            ($($def:ident),*) => {
+                $(txn.open_table($def)?;)*
+            };
         }
+        every_table!(create);
         txn.commit()?;
         let (log, next) = redo_log(&db, &dir.join(WAL_FILE))?;
         let db = Arc::new(db);
@@ -386,7 +399,7 @@ fn redo_log(db: &Database, path: &Path) -> Result<(wal::Wal, u64), StoreError> {
 
 /// Redo one logged change on the table it names.
 fn redo(txn: &WriteTransaction, change: &wal::Change<'_>) -> Result<(), StoreError> {
-    macro_rules! tables {
+    macro_rules! on_its_table {
         ($($def:ident),*) => {
             match change.table {
                 $(name if name == $def.name() => wal::redo(txn, $def, change),)*
@@ -397,24 +410,7 @@ fn redo(txn: &WriteTransaction, change: &wal::Change<'_>) -> Result<(), StoreErr
             }
         };
     }
-    tables!(
-        BB_VALUES,
-        BB_META,
-        BB_HEAD,
-        TASKS,
-        HANDOFFS,
-        HANDOFF_ONCE,
-        INBOX_CLAIMS,
-        INBOX,
-        READY,
-        RUNNING,
-        CHAIN,
-        GRANTS,
-        STREAMS,
-        OPERATOR_INBOX,
-        COUNTERS,
-        AUDIT
-    )
+    every_table!(on_its_table)
 }
 
 /// How many tasks wait in the inbox of `target`, in a read or a write transaction.
