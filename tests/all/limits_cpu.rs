@@ -50,9 +50,7 @@ async fn waiting_in_host_calls_costs_no_cpu_time() {
     // A budget of four 5 ms ticks, and eight naps of two ticks each that use next to no
     // CPU: the meter used to charge a tick on each return from a wait, and stopped the
     // agent at its fourth nap.
-    let mut napper = agent("napper", baton_artifacts::napper::WASM);
-    napper.limits.cpu_ms = 20;
-    let host = Host::load(&mesh(vec![napper]), state.path()).unwrap();
+    let host = napper(state.path(), 20);
 
     let report = run(&host, "napper", None, vec![int("naps", 8), int("ms", 10)]).await;
     assert_eq!(outcome(&host, &report, "napper")["naps"], 8);
@@ -63,9 +61,7 @@ async fn running_between_waits_is_charged() {
     let state = tempfile::tempdir().unwrap();
     // The same naps, but 10 ms of spinning before each: 80 ms of CPU against a 50 ms
     // budget. Waiting in between must not reset or hide what the spinning costs.
-    let mut napper = agent("napper", baton_artifacts::napper::WASM);
-    napper.limits.cpu_ms = 50;
-    let host = Host::load(&mesh(vec![napper]), state.path()).unwrap();
+    let host = napper(state.path(), 50);
 
     let naps = vec![int("naps", 8), int("ms", 10), int("spin_ms", 10)];
     let task = host
@@ -78,4 +74,11 @@ async fn running_between_waits_is_charged() {
         &task,
         "cpu time limit: ran past 50 ms (limits.cpu_ms)",
     );
+}
+
+/// A host in `state` running only the `napper` agent, with a CPU budget of `cpu_ms`.
+fn napper(state: &std::path::Path, cpu_ms: u64) -> Host {
+    let mut napper = agent("napper", baton_artifacts::napper::WASM);
+    napper.limits.cpu_ms = cpu_ms;
+    Host::load(&mesh(vec![napper]), state).unwrap()
 }

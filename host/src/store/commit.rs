@@ -627,14 +627,23 @@ mod tests {
         task
     }
 
+    /// Every one of `tasks` is in `store`; `when` says when, in the message if one is not.
+    fn assert_kept(store: &Store, tasks: &[String], when: &str) {
+        for t in tasks {
+            assert!(
+                store.task(t).unwrap().is_some(),
+                "acknowledged task {t} is gone {when}"
+            );
+        }
+    }
+
     /// Writes queued behind a busy writer are applied together; one that fails in the
     /// batch fails alone, with its own error, and every other write of the batch commits.
     #[test]
     fn a_write_that_fails_in_a_batch_fails_alone() {
         const GOOD: usize = 8;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        store.set_commit_policy(CommitPolicy::Group);
+        let (dir, store) = group_store();
+        let store = Arc::new(store);
         // Hold redb's write lock, so the writer thread waits and the writes queue up.
         let hold = store.db.begin_write().unwrap();
         let first = {
@@ -666,12 +675,7 @@ mod tests {
         tasks.push(first.join().unwrap());
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        for t in &tasks {
-            assert!(
-                store.task(t).unwrap().is_some(),
-                "task {t} of the batch is gone"
-            );
-        }
+        assert_kept(&store, &tasks, "of the batch");
         assert!(store.task("t-nowhere").unwrap().is_none());
     }
 
@@ -705,13 +709,7 @@ mod tests {
             "nothing was logged"
         );
         let store = Store::open(killed.path()).unwrap();
-        for t in &tasks {
-            let task = store.task(t).unwrap();
-            assert!(
-                task.is_some(),
-                "acknowledged task {t} is gone after the kill"
-            );
-        }
+        assert_kept(&store, &tasks, "after the kill");
         assert_eq!(
             std::fs::metadata(&wal).unwrap().len(),
             0,
@@ -758,9 +756,7 @@ mod tests {
         let killed = as_killed(dir.path(), true);
         drop(store);
         let store = Store::open(killed.path()).unwrap();
-        for t in &tasks {
-            assert!(store.task(t).unwrap().is_some(), "task {t} is gone");
-        }
+        assert_kept(&store, &tasks, "after the kill");
         assert_eq!(store.inbox_depth("writer").unwrap(), WRITES as u64);
     }
 
@@ -784,9 +780,7 @@ mod tests {
             .unwrap();
 
         let store = Store::open(killed.path()).unwrap();
-        for t in &before {
-            assert!(store.task(t).unwrap().is_some(), "task {t} is gone");
-        }
+        assert_kept(&store, &before, "after the kill");
         assert!(
             store.task(&last).unwrap().is_none(),
             "task {last}, whose frame was cut short, came back"
@@ -799,9 +793,8 @@ mod tests {
     #[test]
     fn concurrent_writers_share_flushes_and_every_acknowledged_write_survives() {
         const WRITERS: usize = 32;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        store.set_commit_policy(CommitPolicy::Group);
+        let (dir, store) = group_store();
+        let store = Arc::new(store);
         let start = Arc::new(Barrier::new(WRITERS));
         let tasks: Vec<String> = (0..WRITERS)
             .map(|i| {
@@ -823,11 +816,6 @@ mod tests {
         );
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        for t in &tasks {
-            assert!(
-                store.task(t).unwrap().is_some(),
-                "acknowledged task {t} is gone"
-            );
-        }
+        assert_kept(&store, &tasks, "after the reopen");
     }
 }
