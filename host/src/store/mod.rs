@@ -380,8 +380,14 @@ fn redo_log(db: &Database, path: &Path) -> Result<(wal::Wal, u64), StoreError> {
     if !frames.is_empty() {
         let txn = db.begin_write()?;
         for payload in &frames {
-            for change in wal::Wal::changes_of(payload) {
-                redo(&txn, &change)?;
+            let changes = wal::changes(payload).ok_or_else(|| {
+                StoreError::Corrupt(
+                    WAL_FILE.into(),
+                    "a frame whose checksum matches does not parse".into(),
+                )
+            })?;
+            for change in &changes {
+                redo(&txn, change)?;
             }
         }
         txn.commit()?;

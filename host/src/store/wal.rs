@@ -167,8 +167,8 @@ pub(super) fn redo<K: Key + 'static, V: Value + 'static>(
 }
 
 /// The changes of one frame's payload, in order; `None` if it does not parse (a frame
-/// whose checksum matched always does).
-fn changes(mut payload: &[u8]) -> Option<Vec<Change<'_>>> {
+/// whose checksum matched always does: the log wrote it).
+pub(super) fn changes(mut payload: &[u8]) -> Option<Vec<Change<'_>>> {
     fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, tail) = (buf.get(..n)?, buf.get(n..)?);
         *buf = tail;
@@ -251,7 +251,7 @@ impl Wal {
             else {
                 break;
             };
-            if crc(lsn, payload) != sum || changes(payload).is_none() {
+            if crc(lsn, payload) != sum {
                 break;
             }
             // Frames redb holds already are skipped; the rest must follow on one by one,
@@ -284,11 +284,6 @@ impl Wal {
                 next: last + 1,
             },
         ))
-    }
-
-    /// The parsed changes of a frame `open` returned.
-    pub(super) fn changes_of(payload: &[u8]) -> Vec<Change<'_>> {
-        changes(payload).unwrap_or_default()
     }
 
     /// A second handle on the file, to fsync it from another thread.
