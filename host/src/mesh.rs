@@ -20,6 +20,7 @@ use crate::grants::{ReadGrants, validate_key};
 use crate::manifest::{AgentSpec, CAPABILITY, Limits, Mesh, ROUTE, Route, compile_schema};
 use crate::store::{
     self, Backend, Fallback, Kind, NewHandoff, Refusal, StoreError, StreamRead, TaskRecord,
+    WriteFuture,
 };
 
 /// Longest `summary` accepted, in bytes.
@@ -170,6 +171,19 @@ pub struct MeshCtx {
     pub streams: Vec<String>,
     /// Refusals and replayed hand-offs, for the agent's log.
     pub log: Vec<String>,
+    /// The audit records of this activation's reads, queued but not waited for: the host
+    /// awaits them before it records how the activation ended (see `read_blackboard`).
+    pub audits: Audits,
+}
+
+/// Queued audit records of reads, not yet waited for.
+#[derive(Default)]
+pub struct Audits(pub Vec<WriteFuture<()>>);
+
+impl std::fmt::Debug for Audits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} queued", self.0.len())
+    }
 }
 
 impl MeshCtx {
@@ -545,6 +559,7 @@ impl Host for MeshView<'_> {
                 inbox_depth: a.inbox_depth,
                 nth: Some(nth),
             })
+            .await
             .map_err(trap)?;
         match committed {
             Ok(c) => {
@@ -580,10 +595,11 @@ impl Host for MeshView<'_> {
         let agent = &self.ctx.agent.id;
         let claimer = &self.ctx.task.id;
         let claimed = wait_for_change(&shared, self.ctx.wait_bound(wait_ms), || {
-            let tasks = shared
-                .store
-                .claim_inbox(agent, claimer, max.min(MAX_CLAIM))?;
-            Ok((!tasks.is_empty()).then_some(tasks))
+            let claim = shared.store.claim_inbox(agent, claimer, max.min(MAX_CLAIM));
+            async move {
+                let tasks = claim.await?;
+                Ok((!tasks.is_empty()).then_some(tasks))
+            }
         })
         .await
         .map_err(trap)?;
@@ -616,6 +632,7 @@ impl Host for MeshView<'_> {
             .shared
             .store
             .stream_write(&self.ctx.agent.id, &handoff_id, &chunk)
+            .await
             .map_err(trap)?;
         match written {
             Ok((version, _)) => {
@@ -636,6 +653,7 @@ impl Host for MeshView<'_> {
             .shared
             .store
             .stream_close(&self.ctx.agent.id, &handoff_id)
+            .await
             .map_err(trap)?;
         match closed {
             Ok(_) => {
@@ -661,10 +679,13 @@ impl Host for MeshView<'_> {
         let shared = self.ctx.shared.clone();
         let reader = &self.ctx.agent.id;
         let read = wait_for_change(&shared, bound, || {
-            Ok(match shared.store.stream_read(reader, &key, after)? {
-                Ok(StreamRead::Pending) => None,
-                done => Some(done),
-            })
+            let read = shared.store.stream_read(reader, &key, after);
+            async move {
+                Ok(match read.await? {
+                    Ok(StreamRead::Pending) => None,
+                    done => Some(done),
+                })
+            }
         })
         .await
         .map_err(trap)?;
@@ -694,10 +715,14 @@ impl Host for MeshView<'_> {
         let store = &self.ctx.shared.store;
         let allowed = me.reads.allows(&key) || store.is_granted(&me.id, &key).map_err(trap)?;
         let task = &self.ctx.task.id;
+        // Each read's audit record is queued here and awaited only before the activation's
+        // end is recorded: the writer applies writes in order, so the record commits no
+        // later than the outcome, and a crash that loses it loses the outcome too, so the
+        // redelivered task reads, and is audited, again. Waiting here would add a commit
+        // to every read.
         if !allowed {
-            store
-                .audit_read(&me.id, task, &key, Err("not granted"))
-                .map_err(trap)?;
+            let audit = store.audit_read(&me.id, task, &key, Err("not granted"));
+            self.ctx.audits.0.push(audit);
             let e = MeshError::Denied(format!(
                 "agent `{}` may not read `{key}`: it is not in its namespace, its `reads` globs, or a task delivered to it",
                 me.id
@@ -706,9 +731,8 @@ impl Host for MeshView<'_> {
         }
         match store.read(&key, version).map_err(trap)? {
             Some(e) => {
-                store
-                    .audit_read(&me.id, task, &key, Ok(e.version))
-                    .map_err(trap)?;
+                let audit = store.audit_read(&me.id, task, &key, Ok(e.version));
+                self.ctx.audits.0.push(audit);
                 Ok(Ok(entry_to_wit(e)))
             }
             None => {
@@ -725,18 +749,21 @@ impl Host for MeshView<'_> {
 /// Try `attempt` until it yields something or `bound` has passed, sleeping between tries
 /// until the store changes. `None` when the bound passed first. The wait yields to the
 /// runtime, so the activation's deadline can always end it.
-async fn wait_for_change<T>(
+async fn wait_for_change<T, F>(
     shared: &Shared,
     bound: Duration,
-    mut attempt: impl FnMut() -> Result<Option<T>, StoreError>,
-) -> Result<Option<T>, StoreError> {
+    mut attempt: impl FnMut() -> F,
+) -> Result<Option<T>, StoreError>
+where
+    F: Future<Output = Result<Option<T>, StoreError>>,
+{
     let started = tokio::time::Instant::now();
     loop {
         // Registered before the attempt, so a change in between is not missed.
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if let Some(found) = attempt()? {
+        if let Some(found) = attempt().await? {
             return Ok(Some(found));
         }
         let left = bound.saturating_sub(started.elapsed());

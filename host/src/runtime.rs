@@ -28,14 +28,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Agent, AgentPre};
 use crate::manifest::{CAPABILITY, ManifestError, Mesh, OPERATOR};
-use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
+use crate::mesh::{AgentPolicy, Audits, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::meter::{Meter, Ticker};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
 use crate::roster::Roster;
 use crate::store::{
     Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern,
-    Pick, Refusal, Store, StoreError, TaskRecord, now_ms,
+    Pick, Refusal, Store, StoreError, TaskRecord, WriteFuture, now_ms,
 };
 use crate::vault::Vault;
 
@@ -579,7 +579,8 @@ impl Host {
         params: Vec<Param>,
         pattern: Pattern,
     ) -> Result<Committed, SubmitError> {
-        let committed = self.record_submission(to, summary, data, params, pattern)?;
+        let queued = self.record_submission(to, summary, data, params, pattern)?;
+        let committed = self.submitted(pollster::block_on(queued))?;
         // The operator gets the task id only once the handoff is on disk.
         self.inner.shared.store.durable_blocking()?;
         Ok(committed)
@@ -594,12 +595,14 @@ impl Host {
         params: Vec<Param>,
         pattern: Pattern,
     ) -> Result<Committed, SubmitError> {
-        let committed = self.record_submission(to, summary, data, params, pattern)?;
+        let queued = self.record_submission(to, summary, data, params, pattern)?;
+        let committed = self.submitted(queued.await)?;
         self.inner.shared.store.durable().await?;
         Ok(committed)
     }
 
-    /// Check and commit an operator's handoff; the caller waits for the disk.
+    /// Check an operator's handoff and queue its commit; the caller waits for the commit,
+    /// hands its result to [`Host::submitted`], then waits for the disk.
     fn record_submission(
         &self,
         to: &str,
@@ -607,7 +610,7 @@ impl Host {
         data: Option<Vec<u8>>,
         params: Vec<Param>,
         pattern: Pattern,
-    ) -> Result<Committed, SubmitError> {
+    ) -> Result<WriteFuture<Result<Committed, Refusal>>, SubmitError> {
         let inner = &self.inner;
         let shared = &inner.shared;
         let unknown = || {
@@ -657,7 +660,7 @@ impl Host {
             ),
             _ => data,
         };
-        let committed = shared.store.hand_off(NewHandoff {
+        Ok(shared.store.hand_off(NewHandoff {
             from: OPERATOR.to_string(),
             parent: None,
             to: to.to_string(),
@@ -676,9 +679,18 @@ impl Host {
             nth: None,
             pointer: None,
             inbox_depth,
-        })?;
-        shared.wake();
-        committed.map_err(|r: Refusal| SubmitError::Full(r.to_string()))
+        }))
+    }
+
+    /// What the operator learns of a committed submission; the serve loop is woken for
+    /// its task.
+    fn submitted(
+        &self,
+        committed: Result<Result<Committed, Refusal>, StoreError>,
+    ) -> Result<Committed, SubmitError> {
+        let committed = committed?;
+        self.inner.shared.wake();
+        committed.map_err(|r| SubmitError::Full(r.to_string()))
     }
 
     /// Wake agents with their pending tasks, oldest first, running up to the worker
@@ -714,7 +726,11 @@ impl Host {
                     let (roster, running) = (self.inner.roster.clone(), running.clone());
                     Arc::new(move |t, avoid, picked| roster.pick(t, avoid, &running, picked))
                 };
-                for task in shared.store.claim_ready(self.workers - set.len(), pick)? {
+                let claimed = shared
+                    .store
+                    .claim_ready(self.workers - set.len(), pick)
+                    .await?;
+                for task in claimed {
                     let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
                     *running.entry(agent.clone()).or_default() += 1;
                     let host = self.clone();
@@ -801,8 +817,8 @@ impl Host {
         let shared = &inner.shared;
         let store = &shared.store;
         let agent_id = task.agent.clone().unwrap_or_else(|| task.to.clone());
-        let fail = |kind: FailureKind, reason: &str| {
-            let r = store.fail(&task.id, kind, reason, REPLY_DEADLINE_MS);
+        let fail = async |kind: FailureKind, reason: &str| {
+            let r = store.fail(&task.id, kind, reason, REPLY_DEADLINE_MS).await;
             shared.wake();
             r
         };
@@ -810,11 +826,12 @@ impl Host {
             return fail(
                 FailureKind::Error,
                 &format!("agent `{agent_id}` is not in the loaded mesh"),
-            );
+            )
+            .await;
         };
         let left = task.deadline.saturating_sub(now_ms());
         if left == 0 {
-            return fail(FailureKind::Timeout, "deadline passed before it ran");
+            return fail(FailureKind::Timeout, "deadline passed before it ran").await;
         }
         let limits = &loaded.policy.limits;
         let stdout = MemoryOutputPipe::new(LOG_CAPACITY);
@@ -838,8 +855,11 @@ impl Host {
         let mut refusals = std::mem::take(&mut ctx.log);
         refusals.append(&mut outbound_log.lock().unwrap_or_else(|e| e.into_inner()));
         let streams = std::mem::take(&mut ctx.streams);
+        let audits = std::mem::take(&mut ctx.audits.0);
         // A reader must not wait on a writer that is gone.
-        store.close_streams_of(&agent_id, &streams)?;
+        if !streams.is_empty() {
+            store.close_streams_of(&agent_id, &streams).await?;
+        }
         self.append_log(
             &task,
             &agent_id,
@@ -848,11 +868,24 @@ impl Host {
             &refusals,
         );
 
+        // The reads' audit records were queued before anything recording the end, so
+        // they are usually committed by now. A read the host could not audit fails the
+        // task as any host fault in an import does.
+        for audit in audits {
+            if let Err(e) = audit.await {
+                let reason = format!("trap: the audit record of a read could not be stored: {e}");
+                return fail(FailureKind::Trap, &reason).await;
+            }
+        }
+
         match result {
-            Err(_elapsed) => fail(
-                FailureKind::Timeout,
-                &format!("deadline: no outcome within {left} ms"),
-            ),
+            Err(_elapsed) => {
+                fail(
+                    FailureKind::Timeout,
+                    &format!("deadline: no outcome within {left} ms"),
+                )
+                .await
+            }
             Ok(Ok(Ok(outcome))) => {
                 let max = limits.payload_kib * 1024;
                 if outcome.data.len() as u64 > max {
@@ -862,18 +895,23 @@ impl Host {
                             "outcome is {} bytes; agent `{agent_id}` may store at most {max} (limits.payload_kib)",
                             outcome.data.len(),
                         ),
-                    );
+                    )
+                    .await;
                 }
-                let done =
-                    store.complete(&task.id, &outcome.summary, &outcome.data, REPLY_DEADLINE_MS);
+                let done = store
+                    .complete(&task.id, &outcome.summary, &outcome.data, REPLY_DEADLINE_MS)
+                    .await;
                 shared.wake();
                 done
             }
-            Ok(Ok(Err(message))) => fail(
-                FailureKind::Error,
-                &format!("agent returned an error: {message}"),
-            ),
-            Ok(Err(e)) => fail(FailureKind::Trap, &trap_reason(&e)),
+            Ok(Ok(Err(message))) => {
+                fail(
+                    FailureKind::Error,
+                    &format!("agent returned an error: {message}"),
+                )
+                .await
+            }
+            Ok(Err(e)) => fail(FailureKind::Trap, &trap_reason(&e)).await,
         }
     }
 
@@ -900,6 +938,7 @@ impl Host {
                     handoffs: 0,
                     streams: Vec::new(),
                     log: Vec::new(),
+                    audits: Audits::default(),
                 },
                 wasi: LazyWasi::new(stdout, stderr),
                 table: ResourceTable::new(),

@@ -92,11 +92,13 @@ pub fn mesh_under_attack(attacker: AgentSpec) -> Mesh {
 /// Claim the oldest ready task as the scheduler would, for its own target, without
 /// running it: a test then decides what happens to the activation.
 pub fn claim_oldest(host: &Host) -> TaskRecord {
-    host.store()
-        .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string())))
-        .unwrap()
-        .pop()
-        .expect("a ready task to claim")
+    pollster::block_on(
+        host.store()
+            .claim_ready(1, Arc::new(|t, _, _| Some(t.to_string()))),
+    )
+    .unwrap()
+    .pop()
+    .expect("a ready task to claim")
 }
 
 /// The stored record of task `id`.

@@ -104,30 +104,28 @@ async fn a_task_redelivered_after_its_host_died_gets_its_original_receipt() {
         // The researcher's activation makes its first hand-off, committed as an agent's
         // hand-off is; then the host dies before the researcher's outcome is stored.
         let findings = json!({ "topic": "kelp", "findings": ["kelp: before the crash"] });
-        let committed = host
-            .store()
-            .hand_off(NewHandoff {
-                from: "researcher".into(),
-                parent: Some(claimed.clone()),
-                to: "writer".into(),
-                route: None,
-                kind: Kind::Work,
-                summary: "write a short article on kelp".into(),
-                completed: vec![],
-                outstanding: vec![],
-                params: vec![],
-                pattern: Pattern::Blackboard,
-                data: Some(serde_json::to_vec(&findings).unwrap()),
-                deadline_ms: 30_000,
-                fallback: Fallback::None,
-                reply: false,
-                in_reply_to: None,
-                pointer: None,
-                inbox_depth: 1000,
-                nth: Some(0),
-            })
-            .unwrap()
-            .unwrap();
+        let committed = pollster::block_on(host.store().hand_off(NewHandoff {
+            from: "researcher".into(),
+            parent: Some(claimed.clone()),
+            to: "writer".into(),
+            route: None,
+            kind: Kind::Work,
+            summary: "write a short article on kelp".into(),
+            completed: vec![],
+            outstanding: vec![],
+            params: vec![],
+            pattern: Pattern::Blackboard,
+            data: Some(serde_json::to_vec(&findings).unwrap()),
+            deadline_ms: 30_000,
+            fallback: Fallback::None,
+            reply: false,
+            in_reply_to: None,
+            pointer: None,
+            inbox_depth: 1000,
+            nth: Some(0),
+        }))
+        .unwrap()
+        .unwrap();
         assert!(!committed.replayed);
         (claimed.id, committed)
     };

@@ -121,7 +121,7 @@ async fn tasks_a_dead_activation_claimed_from_its_inbox_go_back_to_the_inbox() {
         // then the host "dies" before that activation ends.
         let running = claim_oldest(&host);
         assert_eq!(running.id, first);
-        let taken = host.store().claim_inbox("echo", &first, 10).unwrap();
+        let taken = pollster::block_on(host.store().claim_inbox("echo", &first, 10)).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].id, second);
         assert_eq!(

@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::common::research_mesh;
 
-/// Submit `n` researcher → writer chains from `n` concurrent clients and serve them;
-/// returns the submitted task ids.
+/// Submit `n` researcher → writer chains from `n` concurrent clients and serve them until
+/// every chain has ended; returns the submitted task ids.
 async fn run_concurrently(host: &Host, n: usize) -> Vec<String> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = {
@@ -40,6 +40,19 @@ async fn run_concurrently(host: &Host, n: usize) -> Vec<String> {
                 .unwrap()
                 .expect("the task ends within 30 s");
             assert_eq!(done.status, Status::Completed, "{done:?}");
+            // The writer's task was made ready by the researcher's hand-off; the server
+            // stops once every client returns, so each waits for its whole chain.
+            let report = baton::Report::for_task(host.store(), &c.task)
+                .unwrap()
+                .unwrap();
+            for h in &report.handoffs {
+                let done = host
+                    .finished(&h.task, std::time::Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .expect("the writer's task ends within 30 s");
+                assert_eq!(done.status, Status::Completed, "{done:?}");
+            }
             c.task
         });
     }

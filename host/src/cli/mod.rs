@@ -332,7 +332,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: OperatorCommand::Resolve { task, note, state },
         } => {
             let store = open_existing(&state)?;
-            match store.resolve(&task, note.as_deref())? {
+            match store.resolve(&task, note.as_deref()).wait()? {
                 Ok(e) => {
                     println!("resolved {} ({})", e.task, e.agent);
                     Ok(ExitCode::SUCCESS)
@@ -400,10 +400,11 @@ fn workers_in_range(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Runtime threads: a store write blocks its thread until the store's writer thread has
-/// committed it, which waits out any group flush under way. Measured with 32 handoffs in
-/// flight, 8 threads let blocked writes stall the runtime; 32 keep activations running.
-const RUNTIME_THREADS: usize = 32;
+/// Runtime threads. Store writes park their task, not a thread, so the runtime needs
+/// about as many threads as cores; a few more cover the short blocking calls left (redb
+/// reads, agent log appends). With 32 handoffs in flight on 2 cores, 4 threads did as
+/// well as 8 and better than 2 or 32 (more threads only added context switches).
+const RUNTIME_THREADS: usize = 4;
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::wal::Tx;
-use super::{AUDIT, Store, StoreError, now_ms};
+use super::{AUDIT, Queued, Store, StoreError, now_ms};
 use crate::manifest::hex;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -109,7 +109,7 @@ impl Store {
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> Result<(), StoreError> {
+    ) -> Queued<()> {
         let (event, detail) = match outcome {
             Ok(version) => ("read", format!("version {version}")),
             Err(why) => ("denied", why.to_string()),

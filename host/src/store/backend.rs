@@ -15,18 +15,31 @@
 //!   [`Backend::durable`] returned for it; from then on it survives a crash.
 //! - **Claims are redone.** [`Backend::recover`] makes tasks that were running when the
 //!   last host stopped ready again.
+//! - **Writes are queued when called, in call order.** A write method returns a future
+//!   for its result, but the write is on its way before that future is first polled, and
+//!   writes a caller makes one after another are applied in that order. The host relies
+//!   on it to record a read's audit without waiting, then the activation's outcome after
+//!   it.
+//!
+//! Writes return futures so a caller parks its task, not a runtime thread, while the
+//! backend works: on a 2-core machine, threads blocked on the store were what kept the
+//! runtime from filling both cores.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::pin::Pin;
 
 use super::{
     AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Pick, Store, StoreError, StreamMeta, StreamRead,
-    TaskRecord, queue::Outcome,
+    FailureKind, HandoffRecord, NewHandoff, Pick, Refusal, Store, StoreError, StreamMeta,
+    StreamRead, TaskRecord, queue::Outcome,
 };
 
 /// A future a backend returns from a trait method.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The future of a write: already queued (see the module documentation), and
+/// independent of the borrow of the backend, so it can be kept and awaited later.
+pub type WriteFuture<T> = BoxFuture<'static, Result<T, StoreError>>;
 
 /// Everything the host asks of its state. [`Store`] (redb) is the default; see the
 /// module documentation for what every implementation must guarantee.
@@ -66,18 +79,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn chain(&self, root: &str) -> Result<Chain, StoreError>;
 
     /// Record a handoff: its data, the callee's task, made ready; once per (task, n).
-    fn hand_off(&self, h: NewHandoff) -> Outcome<Committed>;
+    fn hand_off(&self, h: NewHandoff) -> WriteFuture<Result<Committed, Refusal>>;
     /// Claim up to `max` ready tasks, oldest first, that `pick` finds agents for (see
     /// [`Store::claim_ready`]).
-    fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError>;
+    fn claim_ready(&self, max: usize, pick: Pick) -> WriteFuture<Vec<TaskRecord>>;
     /// Claim up to `max` pending tasks from `agent`'s inbox for its running task
     /// `claimer`; given back if the claimer fails or its host dies.
-    fn claim_inbox(
-        &self,
-        agent: &str,
-        claimer: &str,
-        max: u32,
-    ) -> Result<Vec<TaskRecord>, StoreError>;
+    fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>>;
     /// Store a task's outcome and any reply.
     fn complete(
         &self,
@@ -85,7 +93,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
-    ) -> Result<TaskRecord, StoreError>;
+    ) -> WriteFuture<TaskRecord>;
     /// Record a failure and apply its fallback.
     fn fail(
         &self,
@@ -93,34 +101,47 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
-    ) -> Result<TaskRecord, StoreError>;
-    /// Make every task left running by a previous host ready again; how many.
+    ) -> WriteFuture<TaskRecord>;
+    /// Make every task left running by a previous host ready again; how many. Blocks:
+    /// the host calls it once, while it loads.
     fn recover(&self) -> Result<usize, StoreError>;
     /// Whether a ready task waits for its backoff.
     fn has_delayed(&self) -> Result<bool, StoreError>;
 
     /// Append a chunk to a stream `writer` opened.
-    fn stream_write(&self, writer: &str, handoff: &str, chunk: &[u8]) -> Outcome<(u64, bool)>;
+    fn stream_write(
+        &self,
+        writer: &str,
+        handoff: &str,
+        chunk: &[u8],
+    ) -> WriteFuture<Result<(u64, bool), Refusal>>;
     /// Close a stream `writer` opened.
-    fn stream_close(&self, writer: &str, handoff: &str) -> Outcome<bool>;
+    fn stream_close(&self, writer: &str, handoff: &str) -> WriteFuture<Result<bool, Refusal>>;
     /// Close every stream of `handoffs` still open; how many.
-    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError>;
+    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> WriteFuture<usize>;
     /// Read the chunk after `after` of the stream at `key`, for `reader`.
-    fn stream_read(&self, reader: &str, key: &str, after: u64) -> Outcome<StreamRead>;
+    fn stream_read(
+        &self,
+        reader: &str,
+        key: &str,
+        after: u64,
+    ) -> WriteFuture<Result<StreamRead, Refusal>>;
 
     /// The operator inbox, oldest first; resolved escalations too when `all`.
     fn escalations(&self, all: bool) -> Result<Vec<Escalation>, StoreError>;
-    /// Mark an escalation resolved.
+    /// Mark an escalation resolved. Blocks: only the operator's command calls it.
     fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation>;
 
-    /// Audit a read of `key` by `agent` handling `task` (or its refusal).
+    /// Audit a read of `key` by `agent` handling `task` (or its refusal). The host does
+    /// not wait for it before it hands the agent what it read, only before it records
+    /// the activation's end.
     fn audit_read(
         &self,
         agent: &str,
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> Result<(), StoreError>;
+    ) -> WriteFuture<()>;
     /// The audit log, oldest first.
     fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Check the audit log's hash chain.
@@ -170,19 +191,14 @@ impl Backend for Store {
     fn chain(&self, root: &str) -> Result<Chain, StoreError> {
         Store::chain(self, root)
     }
-    fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
-        Store::hand_off(self, h)
+    fn hand_off(&self, h: NewHandoff) -> WriteFuture<Result<Committed, Refusal>> {
+        Store::hand_off(self, h).into_future()
     }
-    fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError> {
-        Store::claim_ready(self, max, pick)
+    fn claim_ready(&self, max: usize, pick: Pick) -> WriteFuture<Vec<TaskRecord>> {
+        Store::claim_ready(self, max, pick).into_future()
     }
-    fn claim_inbox(
-        &self,
-        agent: &str,
-        claimer: &str,
-        max: u32,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        Store::claim_inbox(self, agent, claimer, max)
+    fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>> {
+        Store::claim_inbox(self, agent, claimer, max).into_future()
     }
     fn complete(
         &self,
@@ -190,8 +206,8 @@ impl Backend for Store {
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
-    ) -> Result<TaskRecord, StoreError> {
-        Store::complete(self, task, summary, data, reply_deadline_ms)
+    ) -> WriteFuture<TaskRecord> {
+        Store::complete(self, task, summary, data, reply_deadline_ms).into_future()
     }
     fn fail(
         &self,
@@ -199,32 +215,42 @@ impl Backend for Store {
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
-    ) -> Result<TaskRecord, StoreError> {
-        Store::fail(self, task, kind, reason, reply_deadline_ms)
+    ) -> WriteFuture<TaskRecord> {
+        Store::fail(self, task, kind, reason, reply_deadline_ms).into_future()
     }
     fn recover(&self) -> Result<usize, StoreError> {
-        Store::recover(self)
+        Store::recover(self).wait()
     }
     fn has_delayed(&self) -> Result<bool, StoreError> {
         Store::has_delayed(self)
     }
-    fn stream_write(&self, writer: &str, handoff: &str, chunk: &[u8]) -> Outcome<(u64, bool)> {
-        Store::stream_write(self, writer, handoff, chunk)
+    fn stream_write(
+        &self,
+        writer: &str,
+        handoff: &str,
+        chunk: &[u8],
+    ) -> WriteFuture<Result<(u64, bool), Refusal>> {
+        Store::stream_write(self, writer, handoff, chunk).into_future()
     }
-    fn stream_close(&self, writer: &str, handoff: &str) -> Outcome<bool> {
-        Store::stream_close(self, writer, handoff)
+    fn stream_close(&self, writer: &str, handoff: &str) -> WriteFuture<Result<bool, Refusal>> {
+        Store::stream_close(self, writer, handoff).into_future()
     }
-    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError> {
-        Store::close_streams_of(self, writer, handoffs)
+    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> WriteFuture<usize> {
+        Store::close_streams_of(self, writer, handoffs).into_future()
     }
-    fn stream_read(&self, reader: &str, key: &str, after: u64) -> Outcome<StreamRead> {
-        Store::stream_read(self, reader, key, after)
+    fn stream_read(
+        &self,
+        reader: &str,
+        key: &str,
+        after: u64,
+    ) -> WriteFuture<Result<StreamRead, Refusal>> {
+        Store::stream_read(self, reader, key, after).into_future()
     }
     fn escalations(&self, all: bool) -> Result<Vec<Escalation>, StoreError> {
         Store::escalations(self, all)
     }
     fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation> {
-        Store::resolve(self, task, note)
+        Store::resolve(self, task, note).wait()
     }
     fn audit_read(
         &self,
@@ -232,8 +258,8 @@ impl Backend for Store {
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> Result<(), StoreError> {
-        Store::audit_read(self, agent, task, key, outcome)
+    ) -> WriteFuture<()> {
+        Store::audit_read(self, agent, task, key, outcome).into_future()
     }
     fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         Store::audit_log(self)

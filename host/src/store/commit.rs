@@ -31,9 +31,11 @@
 
 use std::cell::RefCell;
 use std::fs::File;
+use std::future::{Future, IntoFuture};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use redb::{Database, Durability};
@@ -94,7 +96,7 @@ struct Job<T, F> {
     f: F,
     ack: Ack,
     out: Option<T>,
-    reply: mpsc::SyncSender<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<T, F> Write for Job<T, F>
@@ -116,6 +118,35 @@ where
         let result = outcome.and_then(|()| out.ok_or_else(closed));
         // The caller waits on the other end; if it is gone there is no one to tell.
         let _ = reply.send(result);
+    }
+}
+
+/// A write handed to the writer thread. It is applied whether or not anyone waits for
+/// it; [`Queued::wait`] blocks the calling thread until its transaction committed, and
+/// `.await` parks the calling task instead, so an async caller never holds a runtime
+/// thread while the writer works.
+#[must_use = "the write is applied either way; wait for it to learn whether it committed"]
+pub struct Queued<T>(Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>);
+
+impl<T> Queued<T> {
+    /// Block the calling thread until the write committed, and return its result.
+    pub fn wait(self) -> Result<T, StoreError> {
+        self.0?.recv().unwrap_or_else(|_| Err(closed()))
+    }
+}
+
+impl<T: Send + 'static> IntoFuture for Queued<T> {
+    type Output = Result<T, StoreError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.0?.await.unwrap_or_else(|_| Err(closed())) })
+    }
+}
+
+impl<T> std::fmt::Debug for Queued<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Queued")
     }
 }
 
@@ -224,21 +255,22 @@ impl Syncer {
         }
     }
 
-    /// Apply `f` in a write transaction on the writer thread and return what it returned
-    /// once that transaction committed: a transaction of its own under `Immediate`
-    /// (fsynced if the write is acknowledged), the writer thread's next batch under
-    /// `Group`. If `f` fails, nothing it wrote is committed. An acknowledged write must
+    /// Queue `f` to be applied in a write transaction on the writer thread; the
+    /// [`Queued`] yields what it returned once that transaction committed: a transaction
+    /// of its own under `Immediate` (fsynced if the write is acknowledged), the writer
+    /// thread's next batch under `Group`. Writes are applied in the order they were
+    /// queued. If `f` fails, nothing it wrote is committed. An acknowledged write must
     /// then be awaited with [`Syncer::durable`] before it is acknowledged.
-    pub(super) fn write<T, F>(&self, ack: Ack, f: F) -> Result<T, StoreError>
+    pub(super) fn queue<T, F>(&self, ack: Ack, f: F) -> Queued<T>
     where
         T: Send + 'static,
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = mpsc::sync_channel(1);
+        let (reply, answer) = oneshot::channel();
         {
             let mut p = lock(&self.state.progress);
             if p.stop {
-                return Err(closed());
+                return Queued(Err(closed()));
             }
             p.queue.push(Box::new(Job {
                 f,
@@ -248,7 +280,7 @@ impl Syncer {
             }));
         }
         self.state.work.notify_one();
-        answer.recv().unwrap_or_else(|_| Err(closed()))
+        Queued(Ok(answer))
     }
 
     /// The newest acknowledged write so far, or `None` when every one is on disk.
@@ -622,7 +654,7 @@ mod tests {
     /// Hand off `handoff(i)` and wait until it is on disk, as the host does before it
     /// acknowledges a handoff; the new task's id.
     fn acknowledged(store: &Store, i: usize) -> String {
-        let task = store.hand_off(handoff(i)).unwrap().unwrap().task;
+        let task = store.hand_off(handoff(i)).wait().unwrap().unwrap().task;
         store.durable_blocking().unwrap();
         task
     }
@@ -648,7 +680,7 @@ mod tests {
         let hold = store.db.begin_write().unwrap();
         let first = {
             let store = store.clone();
-            std::thread::spawn(move || store.hand_off(handoff(GOOD)).unwrap().unwrap().task)
+            std::thread::spawn(move || store.hand_off(handoff(GOOD)).wait().unwrap().unwrap().task)
         };
         // Time for the writer thread to take the first write and block on the lock.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -660,7 +692,7 @@ mod tests {
             .collect();
         let bad = {
             let store = store.clone();
-            std::thread::spawn(move || store.complete("t-nowhere", "done", b"{}", 1_000))
+            std::thread::spawn(move || store.complete("t-nowhere", "done", b"{}", 1_000).wait())
         };
         // Every later write waits in the queue, to be applied as one batch.
         let since = std::time::Instant::now();
@@ -767,7 +799,7 @@ mod tests {
         let (dir, store) = group_store();
         let before: Vec<String> = (0..5).map(|i| acknowledged(&store, i)).collect();
         // Logged last, alone in its frame; the kill cuts that frame short.
-        let last = store.hand_off(handoff(99)).unwrap().unwrap().task;
+        let last = store.hand_off(handoff(99)).wait().unwrap().unwrap().task;
         let killed = as_killed(dir.path(), true);
         drop(store);
         let wal = killed.path().join(crate::store::WAL_FILE);

@@ -41,9 +41,9 @@ use sha2::{Digest, Sha256};
 use crate::manifest::hex;
 
 pub use audit::{AuditRecord, AuditVerdict};
-pub use backend::{Backend, BoxFuture};
+pub use backend::{Backend, BoxFuture, WriteFuture};
 use commit::Ack;
-pub use commit::CommitPolicy;
+pub use commit::{CommitPolicy, Queued};
 pub use queue::{Committed, NewHandoff, Pick, Refusal, fingerprint};
 pub use records::*;
 pub use streams::StreamRead;
@@ -232,16 +232,17 @@ impl Store {
         self.syncer.durable_blocking()
     }
 
-    /// Apply `f` in a write transaction and return its result once committed (see
-    /// [`commit`]): an acknowledged write is awaited with [`Store::durable`] before it is
-    /// acknowledged. If `f` fails, nothing it wrote is committed. `f` may run more than
-    /// once (a failed batch is redone write by write), each time in a fresh transaction.
-    fn write<T, F>(&self, ack: Ack, f: F) -> Result<T, StoreError>
+    /// Queue `f` to be applied in a write transaction; the [`Queued`] yields its result
+    /// once committed (see [`commit`]): an acknowledged write is awaited with
+    /// [`Store::durable`] before it is acknowledged. If `f` fails, nothing it wrote is
+    /// committed. `f` may run more than once (a failed batch is redone write by write),
+    /// each time in a fresh transaction.
+    fn write<T, F>(&self, ack: Ack, f: F) -> Queued<T>
     where
         T: Send + 'static,
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.syncer.write(ack, f)
+        self.syncer.queue(ack, f)
     }
 
     /// The redb file.

@@ -3,8 +3,8 @@
 use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use super::commit::Ack;
-use super::queue::{Outcome, Refusal};
-use super::{OPERATOR_INBOX, Store, StoreError, decode, get_json, now_ms, put_json};
+use super::queue::Refusal;
+use super::{OPERATOR_INBOX, Queued, Store, StoreError, decode, get_json, now_ms, put_json};
 use crate::store::records::Escalation;
 
 impl Store {
@@ -25,7 +25,7 @@ impl Store {
     }
 
     /// Mark the escalation of `task` resolved, with the operator's note.
-    pub fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation> {
+    pub fn resolve(&self, task: &str, note: Option<&str>) -> Queued<Result<Escalation, Refusal>> {
         let (task, note) = (task.to_string(), note.map(str::to_string));
         self.write(Ack::Acknowledged, move |txn| {
             let exists = txn

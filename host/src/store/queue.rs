@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 use super::commit::Ack;
 use super::wal::Tx;
 use super::{
-    CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, READY, RUNNING,
-    STREAMS, Store, StoreError, TASKS, get_json, next, now_ms, put, put_json, try_get_json,
+    CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, Queued, READY,
+    RUNNING, STREAMS, Store, StoreError, TASKS, get_json, next, now_ms, put, put_json,
+    try_get_json,
 };
 use crate::grants::output_key;
 use crate::manifest::{OPERATOR, hex};
@@ -122,7 +123,7 @@ impl Store {
     /// task returns that original, marked `replayed`, and records nothing. This assumes
     /// agents are deterministic in the hand-offs they make: a redelivered activation that
     /// hands off differently still gets the original receipts for its first n hand-offs.
-    pub fn hand_off(&self, h: NewHandoff) -> Outcome<Committed> {
+    pub fn hand_off(&self, h: NewHandoff) -> Queued<Result<Committed, Refusal>> {
         self.write(Ack::Acknowledged, move |txn| record_handoff(txn, h.clone()))
     }
 
@@ -132,19 +133,14 @@ impl Store {
     /// the task, or `None` while none is free. Each claimed task becomes running and its
     /// pointer is granted. The claim is lazy (not fsynced by itself): a crash that loses it
     /// leaves the tasks ready.
-    pub fn claim_ready(&self, max: usize, pick: Pick) -> Result<Vec<TaskRecord>, StoreError> {
+    pub fn claim_ready(&self, max: usize, pick: Pick) -> Queued<Vec<TaskRecord>> {
         self.write(Ack::Lazy, move |txn| claim_ready_in(txn, max, &*pick))
     }
 
     /// Claim up to `max` pending tasks from `agent`'s inbox (for `check-inbox`), on
     /// behalf of its running task `claimer`. They stay the claimer's until it completes;
     /// if it fails, or the host dies first, they go back to the inbox.
-    pub fn claim_inbox(
-        &self,
-        agent: &str,
-        claimer: &str,
-        max: u32,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
+    pub fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> Queued<Vec<TaskRecord>> {
         let (agent, claimer) = (agent.to_string(), claimer.to_string());
         self.write(Ack::Lazy, move |txn| {
             claim_inbox_in(txn, &agent, &claimer, max)
@@ -160,7 +156,7 @@ impl Store {
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
-    ) -> Result<TaskRecord, StoreError> {
+    ) -> Queued<TaskRecord> {
         let (task_id, summary, data) = (task_id.to_string(), summary.to_string(), data.to_vec());
         self.write(Ack::Acknowledged, move |txn| {
             complete_in(txn, &task_id, &summary, &data, reply_deadline_ms)
@@ -176,7 +172,7 @@ impl Store {
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
-    ) -> Result<TaskRecord, StoreError> {
+    ) -> Queued<TaskRecord> {
         let (task_id, reason) = (task_id.to_string(), reason.to_string());
         self.write(Ack::Acknowledged, move |txn| {
             release_claims(txn, &task_id, true)?;
@@ -186,7 +182,7 @@ impl Store {
 
     /// Make every task that was running when the host stopped ready again (a crash left
     /// them claimed but unfinished). Returns how many were redelivered.
-    pub fn recover(&self) -> Result<usize, StoreError> {
+    pub fn recover(&self) -> Queued<usize> {
         self.write(Ack::Acknowledged, |txn| {
             let ids: Vec<String> = txn
                 .open_table(RUNNING)?
@@ -823,24 +819,36 @@ mod tests {
         for end in ["complete", "fail"] {
             let root = store
                 .hand_off(work(OPERATOR, None, "a", None))
+                .wait()
                 .unwrap()
                 .unwrap();
-            let task = store.claim_ready(1, only_a.clone()).unwrap().pop().unwrap();
+            let task = store
+                .claim_ready(1, only_a.clone())
+                .wait()
+                .unwrap()
+                .pop()
+                .unwrap();
             assert_eq!(task.id, root.task);
             let first = store
                 .hand_off(work("a", Some(task.clone()), "b", Some(0)))
+                .wait()
                 .unwrap()
                 .unwrap();
             let again = store
                 .hand_off(work("a", Some(task.clone()), "b", Some(0)))
+                .wait()
                 .unwrap()
                 .unwrap();
             assert!(again.replayed && again.task == first.task);
             assert_eq!(once_rows(&store), 1);
             let ended = match end {
-                "complete" => store.complete(&task.id, "done", b"{}", 1_000).unwrap(),
+                "complete" => store
+                    .complete(&task.id, "done", b"{}", 1_000)
+                    .wait()
+                    .unwrap(),
                 _ => store
                     .fail(&task.id, FailureKind::Error, "no", 1_000)
+                    .wait()
                     .unwrap(),
             };
             assert!(ended.status.is_final(), "{end}: {:?}", ended.status);

@@ -6,7 +6,7 @@ use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
 use super::wal::Tx;
 use super::{
-    BB_META, BB_VALUES, HANDOFFS, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put,
+    BB_META, BB_VALUES, HANDOFFS, Queued, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put,
     put_json, try_get_json,
 };
 use crate::store::records::*;
@@ -25,7 +25,12 @@ pub enum StreamRead {
 impl Store {
     /// Append `chunk` to the stream `writer` opened with handoff `handoff`. Returns the
     /// chunk's version and whether this woke the reader.
-    pub fn stream_write(&self, writer: &str, handoff: &str, chunk: &[u8]) -> Outcome<(u64, bool)> {
+    pub fn stream_write(
+        &self,
+        writer: &str,
+        handoff: &str,
+        chunk: &[u8],
+    ) -> Queued<Result<(u64, bool), Refusal>> {
         let (writer, handoff, chunk) = (writer.to_string(), handoff.to_string(), chunk.to_vec());
         self.write(Ack::Acknowledged, move |txn| {
             let mut meta = match open_stream_of(txn, &writer, &handoff)? {
@@ -42,35 +47,35 @@ impl Store {
 
     /// Close the stream `writer` opened with `handoff`. Returns whether this woke the
     /// reader (an empty stream). Closing a closed stream is refused.
-    pub fn stream_close(&self, writer: &str, handoff: &str) -> Outcome<bool> {
+    pub fn stream_close(&self, writer: &str, handoff: &str) -> Queued<Result<bool, Refusal>> {
         let (writer, handoff) = (writer.to_string(), handoff.to_string());
-        self.write(Ack::Acknowledged, move |txn| {
-            let mut meta = match open_stream_of(txn, &writer, &handoff)? {
-                Ok(m) => m,
-                Err(r) => return Ok(Err(r)),
-            };
-            meta.closed = true;
-            put_json(txn, STREAMS, &meta.key.clone(), &meta)?;
-            let woke = wake_reader(txn, &meta)?;
-            Ok(Ok(woke))
-        })
+        self.write(Ack::Acknowledged, move |txn| close(txn, &writer, &handoff))
     }
 
-    /// Close every stream still open that `writer` opened from task `task`: an activation
-    /// that ends must not leave its reader waiting. Returns how many were closed.
-    pub fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Result<usize, StoreError> {
-        let mut closed = 0;
-        for h in handoffs {
-            if self.stream_close(writer, h)?.is_ok() {
-                closed += 1;
+    /// Close every stream still open that `writer` opened with `handoffs`, in one
+    /// commit: an activation that ends must not leave its reader waiting. Returns how
+    /// many were closed.
+    pub fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Queued<usize> {
+        let (writer, handoffs) = (writer.to_string(), handoffs.to_vec());
+        self.write(Ack::Acknowledged, move |txn| {
+            let mut closed = 0;
+            for h in &handoffs {
+                if close(txn, &writer, h)?.is_ok() {
+                    closed += 1;
+                }
             }
-        }
-        Ok(closed)
+            Ok(closed)
+        })
     }
 
     /// Read the chunk after version `after` of the stream at `key`, for `reader`, and
     /// note the read (the first read's time is what a stream's report shows).
-    pub fn stream_read(&self, reader: &str, key: &str, after: u64) -> Outcome<StreamRead> {
+    pub fn stream_read(
+        &self,
+        reader: &str,
+        key: &str,
+        after: u64,
+    ) -> Queued<Result<StreamRead, Refusal>> {
         let (reader, key) = (reader.to_string(), key.to_string());
         self.write(Ack::Lazy, move |txn| read_chunk(txn, &reader, &key, after))
     }
@@ -116,6 +121,18 @@ fn read_chunk(txn: &Tx<'_>, reader: &str, key: &str, after: u64) -> Outcome<Stre
         },
     )?;
     Ok(Ok(StreamRead::Chunk(entry)))
+}
+
+/// The body of [`Store::stream_close`].
+fn close(txn: &Tx<'_>, writer: &str, handoff: &str) -> Outcome<bool> {
+    let mut meta = match open_stream_of(txn, writer, handoff)? {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
+    };
+    meta.closed = true;
+    put_json(txn, STREAMS, &meta.key.clone(), &meta)?;
+    let woke = wake_reader(txn, &meta)?;
+    Ok(Ok(woke))
 }
 
 fn open_stream_of(txn: &Tx<'_>, writer: &str, handoff: &str) -> Outcome<StreamMeta> {
