@@ -107,6 +107,26 @@ macro_rules! every_table {
     };
 }
 
+/// How many tables the store has.
+const TABLES: usize = {
+    macro_rules! count {
+        ($($def:ident),*) => {
+            [$(stringify!($def)),*].len()
+        };
+    }
+    every_table!(count)
+};
+
+/// The place of the table called `name` in the store's list of tables.
+fn table_index(name: &str) -> Option<usize> {
+    macro_rules! position {
+        ($($def:ident),*) => {
+            [$($def.name()),*].iter().position(|n| *n == name)
+        };
+    }
+    every_table!(position)
+}
+
 /// A store operation failed; the operation changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

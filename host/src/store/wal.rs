@@ -22,7 +22,7 @@
 //! then, for an insert, `value: u32 len + bytes`.
 
 use std::borrow::Borrow;
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::ops::Deref;
@@ -43,40 +43,113 @@ const REMOVE: u8 = 2;
 const HEADER: usize = 16;
 
 /// A write transaction as the store's writes see it: redb's, and, under group commit, a
-/// record of every change made through it.
+/// record of every change made through it. Each table is opened at its first use and
+/// kept open until the transaction ends: opening and closing a redb table cost about as
+/// much as the change made through it, and a batch of writes uses the same few tables
+/// dozens of times.
 pub(super) struct Tx<'a> {
     txn: &'a WriteTransaction,
     log: Option<&'a RefCell<Vec<u8>>>,
+    /// The tables opened so far, at their place in the store's list of tables.
+    open: [RefCell<Option<Slot<'a>>>; super::TABLES],
 }
 
 impl<'a> Tx<'a> {
     /// Changes through this are applied to `txn` and appended to `log`, if any.
     pub(super) fn new(txn: &'a WriteTransaction, log: Option<&'a RefCell<Vec<u8>>>) -> Self {
-        Tx { txn, log }
+        Tx {
+            txn,
+            log,
+            open: std::array::from_fn(|_| RefCell::new(None)),
+        }
     }
 
-    /// Open `def` to read and change it.
+    /// Open `def` to read and change it. A table is open once at a time: opening it
+    /// again while it is open is an error, as it is in redb.
     pub(super) fn open_table<K: Key + 'static, V: Value + 'static>(
         &self,
         def: TableDefinition<'static, K, V>,
-    ) -> Result<Table<'_, K, V>, StoreError> {
+    ) -> Result<Table<'_, 'a, K, V>, StoreError>
+    where
+        (K, V): Slotted<'a, K = K, V = V>,
+    {
+        let unknown = || StoreError::Missing("table", def.name().to_string());
+        let cell = super::table_index(def.name())
+            .and_then(|i| self.open.get(i))
+            .ok_or_else(unknown)?;
+        let mut slot = cell.try_borrow_mut().map_err(|_| {
+            StoreError::Db(redb::Error::TableAlreadyOpen(
+                def.name().to_string(),
+                std::panic::Location::caller(),
+            ))
+        })?;
+        if slot.is_none() {
+            *slot = Some(<(K, V)>::wrap(self.txn.open_table(def)?));
+        }
+        let inner = RefMut::filter_map(slot, |s| s.as_mut().and_then(<(K, V)>::table))
+            .map_err(|_| unknown())?;
         Ok(Table {
-            inner: self.txn.open_table(def)?,
+            inner,
             def,
             log: self.log,
         })
     }
 }
 
+/// The key and value types of the store's tables, each an arm of [`Slot`], so that a
+/// transaction can keep tables of different types open side by side.
+macro_rules! slots {
+    ($($arm:ident: $k:ty => $v:ty;)*) => {
+        /// An open table of one of the store's key and value types.
+        pub(super) enum Slot<'a> {
+            $($arm(redb::Table<'a, $k, $v>),)*
+        }
+
+        /// A table's key and value types, `(K, V)`, and the arm of [`Slot`] that holds it.
+        pub(super) trait Slotted<'a> {
+            type K: Key + 'static;
+            type V: Value + 'static;
+            fn wrap(table: redb::Table<'a, Self::K, Self::V>) -> Slot<'a>;
+            fn table<'s>(slot: &'s mut Slot<'a>) -> Option<&'s mut redb::Table<'a, Self::K, Self::V>>;
+        }
+
+        $(impl<'a> Slotted<'a> for ($k, $v) {
+            type K = $k;
+            type V = $v;
+            fn wrap(table: redb::Table<'a, $k, $v>) -> Slot<'a> {
+                Slot::$arm(table)
+            }
+            fn table<'s>(slot: &'s mut Slot<'a>) -> Option<&'s mut redb::Table<'a, $k, $v>> {
+                match slot {
+                    Slot::$arm(table) => Some(table),
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+slots! {
+    Values: (&'static str, u64) => &'static [u8];
+    Versions: (&'static str, u64) => &'static str;
+    Numbers: &'static str => u64;
+    Records: &'static str => &'static str;
+    Positions: (&'static str, u32) => &'static str;
+    Pairs: (&'static str, &'static str) => ();
+    Sequence: u64 => &'static str;
+    Set: &'static str => ();
+}
+
 /// A table open in a [`Tx`]: reads go straight to redb (through `Deref`), and every
 /// change is logged before it is made.
-pub(super) struct Table<'t, K: Key + 'static, V: Value + 'static> {
-    inner: redb::Table<'t, K, V>,
+pub(super) struct Table<'t, 'a, K: Key + 'static, V: Value + 'static> {
+    inner: RefMut<'t, redb::Table<'a, K, V>>,
     def: TableDefinition<'static, K, V>,
     log: Option<&'t RefCell<Vec<u8>>>,
 }
 
-impl<K: Key + 'static, V: Value + 'static> Table<'_, K, V> {
+impl<K: Key + 'static, V: Value + 'static> Table<'_, '_, K, V> {
     /// Set `key` to `value`.
     pub(super) fn insert<'k, 'v>(
         &mut self,
@@ -118,8 +191,8 @@ impl<K: Key + 'static, V: Value + 'static> Table<'_, K, V> {
     }
 }
 
-impl<'t, K: Key + 'static, V: Value + 'static> Deref for Table<'t, K, V> {
-    type Target = redb::Table<'t, K, V>;
+impl<'a, K: Key + 'static, V: Value + 'static> Deref for Table<'_, 'a, K, V> {
+    type Target = redb::Table<'a, K, V>;
 
     fn deref(&self) -> &Self::Target {
         &self.inner
@@ -330,5 +403,47 @@ impl Wal {
             .map_err(|e| io_error(&self.path, "cannot reset the write-ahead log", &e))?;
         self.len = 0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+
+    use super::*;
+    use crate::store::{Store, TASKS};
+
+    /// A table stays open for the rest of its transaction: a second use sees the first
+    /// one's changes, both are logged, and opening it while it is in use is an error that
+    /// names it, not a panic.
+    #[test]
+    fn a_transaction_keeps_its_tables_open_and_refuses_a_second_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = RefCell::new(Vec::new());
+        let txn = store.db.begin_write().unwrap();
+        {
+            let tx = Tx::new(&txn, Some(&log));
+            let mut first = tx.open_table(TASKS).unwrap();
+            first.insert("t-1", "one").unwrap();
+            let again = tx
+                .open_table(TASKS)
+                .err()
+                .expect("a second open is refused");
+            assert!(again.to_string().contains("tasks"), "{again}");
+            drop(first);
+            let mut second = tx.open_table(TASKS).unwrap();
+            assert_eq!(second.get("t-1").unwrap().unwrap().value(), "one");
+            second.insert("t-2", "two").unwrap();
+        }
+        txn.commit().unwrap();
+        let logged = log.into_inner();
+        let changes = changes(&logged).unwrap();
+        let keys: Vec<&[u8]> = changes.iter().map(|c| c.key).collect();
+        assert_eq!(keys, [b"t-1".as_slice(), b"t-2".as_slice()]);
+        assert!(changes.iter().all(|c| c.table == "tasks"));
+        let read = store.db.begin_read().unwrap();
+        let tasks = read.open_table(TASKS).unwrap();
+        assert_eq!(tasks.get("t-2").unwrap().unwrap().value(), "two");
     }
 }
