@@ -34,24 +34,14 @@ async fn run_concurrently(host: &Host, n: usize) -> Vec<String> {
                 )
                 .await
                 .unwrap();
-            let done = host
-                .finished(&c.task, std::time::Duration::from_secs(30))
-                .await
-                .unwrap()
-                .expect("the task ends within 30 s");
-            assert_eq!(done.status, Status::Completed, "{done:?}");
+            completes(&host, &c.task).await;
             // The writer's task was made ready by the researcher's hand-off; the server
             // stops once every client returns, so each waits for its whole chain.
             let report = baton::Report::for_task(host.store(), &c.task)
                 .unwrap()
                 .unwrap();
             for h in &report.handoffs {
-                let done = host
-                    .finished(&h.task, std::time::Duration::from_secs(30))
-                    .await
-                    .unwrap()
-                    .expect("the writer's task ends within 30 s");
-                assert_eq!(done.status, Status::Completed, "{done:?}");
+                completes(&host, &h.task).await;
             }
             c.task
         });
@@ -63,6 +53,16 @@ async fn run_concurrently(host: &Host, n: usize) -> Vec<String> {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     tasks
+}
+
+/// Wait for `task` to end, and check it completed.
+async fn completes(host: &Host, task: &str) {
+    let done = host
+        .finished(task, std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("task {task} did not end within 30 s"));
+    assert_eq!(done.status, Status::Completed, "{done:?}");
 }
 
 /// Every chain in `tasks` completed in `store`: the writer wrote the researcher's topic.
