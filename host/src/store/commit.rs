@@ -31,9 +31,8 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -42,7 +41,7 @@ use redb::{Database, Durability};
 use tokio::sync::watch;
 
 use super::wal::{LSN_COUNTER, Tx, Wal};
-use super::{COUNTERS, StoreError};
+use super::{COUNTERS, StoreError, WriteFuture};
 
 /// Log bytes after which the writer makes redb durable and starts the log over: a bound
 /// on what a restart redoes, and on the pages redb holds unsynced. Unit tests checkpoint
@@ -137,7 +136,7 @@ impl<T> Queued<T> {
 
 impl<T: Send + 'static> IntoFuture for Queued<T> {
     type Output = Result<T, StoreError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = WriteFuture<T>;
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move { self.0?.await.unwrap_or_else(|_| Err(closed())) })
