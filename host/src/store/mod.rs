@@ -342,7 +342,7 @@ impl Store {
 
     /// How many tasks wait in the inbox of `target` (an agent or `capability:<name>`).
     pub fn inbox_depth(&self, target: &str) -> Result<u64, StoreError> {
-        pending(&self.db.begin_read()?.open_table(INBOX)?, target)
+        pending(&self.db.begin_read()?.open_table(INBOX)?, target, u64::MAX)
     }
 
     /// Everything in the chain that starts at task `root`.
@@ -440,12 +440,19 @@ fn redo(txn: &WriteTransaction, change: &wal::Change<'_>) -> Result<(), StoreErr
     every_table!(on_its_table)
 }
 
-/// How many tasks wait in the inbox of `target`, in a read or a write transaction.
+/// How many tasks wait in the inbox of `target`, in a read or a write transaction,
+/// counted up to `at_most`: a hand-off only asks whether the inbox is full, and counting
+/// a deep inbox whole would make each hand-off to it cost as much as the inbox is deep.
 fn pending(
     inbox: &impl ReadableTable<(&'static str, u64), &'static str>,
     target: &str,
+    at_most: u64,
 ) -> Result<u64, StoreError> {
-    Ok(inbox.range((target, 0)..=(target, u64::MAX))?.count() as u64)
+    let at_most = usize::try_from(at_most).unwrap_or(usize::MAX);
+    Ok(inbox
+        .range((target, 0)..=(target, u64::MAX))?
+        .take(at_most)
+        .count() as u64)
 }
 
 /// Version `version` of `key`, from the blackboard's tables in a read or a write

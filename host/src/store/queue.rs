@@ -383,7 +383,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
             replayed: true,
         }));
     }
-    let depth = super::pending(&*txn.open_table(INBOX)?, &h.to)?;
+    let depth = super::pending(&*txn.open_table(INBOX)?, &h.to, h.inbox_depth)?;
     if depth >= h.inbox_depth {
         return Ok(Err(Refusal::Full(format!(
             "inbox of `{}` is full ({} pending tasks); try later",
