@@ -64,26 +64,51 @@ pub(super) struct AuditEvent<'a> {
     pub detail: String,
 }
 
+/// The chain's last record: its position and hash, all an append needs. The writer
+/// thread keeps it from one transaction to the next, so an append does not read and
+/// decode the record before it; a transaction that does not commit loses it, and the
+/// next append reads it from the table again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Head {
+    seq: u64,
+    hash: String,
+}
+
+/// `sha256(prev || body)`, where `body` is the record's JSON with `hash` empty.
+fn chain_hash(prev: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(body);
+    hex(&h.finalize())
+}
+
 fn digest(record: &AuditRecord) -> String {
     let mut unhashed = record.clone();
     unhashed.hash = String::new();
     let body = serde_json::to_vec(&unhashed).expect("audit records serialize");
-    let mut h = Sha256::new();
-    h.update(record.prev.as_bytes());
-    h.update(&body);
-    hex(&h.finalize())
+    chain_hash(&record.prev, &body)
 }
 
 /// Append `e` to the log inside `txn`.
 pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> {
     let mut table = txn.open_table(AUDIT)?;
-    let (seq, prev) = match table.last()? {
-        Some((k, v)) => {
-            let last: AuditRecord = super::decode("audit", v.value())?;
-            (k.value() + 1, last.hash)
-        }
-        None => (1, GENESIS.to_string()),
+    let head = match txn.audit_head() {
+        Some(head) => head,
+        None => match table.last()? {
+            Some((k, v)) => {
+                let last: AuditRecord = super::decode("audit", v.value())?;
+                Head {
+                    seq: k.value(),
+                    hash: last.hash,
+                }
+            }
+            None => Head {
+                seq: 0,
+                hash: GENESIS.to_string(),
+            },
+        },
     };
+    let seq = head.seq + 1;
     let mut record = AuditRecord {
         seq,
         at: now_ms(),
@@ -92,12 +117,17 @@ pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> 
         key: e.key.map(str::to_string),
         task: e.task.map(str::to_string),
         detail: e.detail,
-        prev,
+        prev: head.hash,
         hash: String::new(),
     };
-    record.hash = digest(&record);
+    let body = serde_json::to_vec(&record).expect("audit records serialize");
+    record.hash = chain_hash(&record.prev, &body);
     let json = serde_json::to_string(&record).expect("audit records serialize");
     table.insert(seq, json.as_str())?;
+    txn.set_audit_head(Head {
+        seq,
+        hash: record.hash,
+    });
     Ok(())
 }
 

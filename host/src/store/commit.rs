@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use redb::{Database, Durability};
 use tokio::sync::watch;
 
-use super::wal::{LSN_COUNTER, Tx, Wal};
+use super::wal::{Known, LSN_COUNTER, Tx, Wal};
 use super::{COUNTERS, StoreError, WriteFuture};
 
 /// Log bytes after which the writer makes redb durable and starts the log over: a bound
@@ -227,6 +227,7 @@ impl Syncer {
             wal,
             next,
             group: false,
+            known: Known::default(),
             state: state.clone(),
         };
         let policy = group.clone();
@@ -392,6 +393,8 @@ struct Writer {
     next: u64,
     /// The policy the last batch was applied under.
     group: bool,
+    /// What the last committed transaction left known of the state.
+    known: Known,
     state: Arc<State>,
 }
 
@@ -434,7 +437,7 @@ impl Writer {
                 }
             } else {
                 for mut w in batch {
-                    let outcome = immediate(&self.db, w.as_mut());
+                    let outcome = immediate(&self.db, w.as_mut(), &mut self.known);
                     w.finish(outcome);
                 }
             }
@@ -475,15 +478,19 @@ impl Writer {
         let log = RefCell::new(Vec::new());
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        {
-            let tx = Tx::new(&txn, Some(&log));
+        // Taken, not copied: if anything below fails, the next transaction reads what it
+        // needs from the tables again.
+        let known = {
+            let tx = Tx::new(&txn, Some(&log), std::mem::take(&mut self.known));
             // The frame's number, in the frame: redb then always says which frames it holds.
             tx.open_table(COUNTERS)?.insert(LSN_COUNTER, lsn)?;
             for w in writes.iter_mut() {
                 caught(w.as_mut(), &tx)?;
             }
-        }
+            tx.finish()?
+        };
         txn.commit()?;
+        self.known = known;
         self.next += 1;
         let acknowledged = writes
             .iter()
@@ -546,14 +553,18 @@ impl Writer {
     }
 }
 
-/// Apply `w` in a transaction of its own, fsynced if it is acknowledged.
-fn immediate(db: &Database, w: &mut dyn Write) -> Result<(), StoreError> {
+/// Apply `w` in a transaction of its own, fsynced if it is acknowledged. `known` is
+/// taken, and given back only if the transaction commits.
+fn immediate(db: &Database, w: &mut dyn Write, known: &mut Known) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     if w.ack() == Ack::Lazy {
         txn.set_durability(Durability::None)?;
     }
-    caught(w, &Tx::new(&txn, None))?;
+    let tx = Tx::new(&txn, None, std::mem::take(known));
+    caught(w, &tx)?;
+    let left = tx.finish()?;
     txn.commit()?;
+    *known = left;
     Ok(())
 }
 
@@ -708,6 +719,18 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_kept(&store, &tasks, "of the batch");
         assert!(store.task("t-nowhere").unwrap().is_none());
+        // The aborted batch had drawn task numbers and appended audit records; redone
+        // alone, the writes number on from what was committed, not from what was rolled
+        // back: no number is skipped and the chain has no gap.
+        let mut numbers: Vec<u64> = tasks.iter().map(|t| t[2..].parse().unwrap()).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=GOOD as u64 + 1).collect::<Vec<_>>());
+        assert_eq!(
+            store.audit_verify().unwrap(),
+            crate::store::AuditVerdict::Whole {
+                records: GOOD as u64 + 1
+            }
+        );
     }
 
     /// Copy the store's files from `from` to a fresh directory while its host runs: what a
@@ -747,9 +770,12 @@ mod tests {
             "the log did not start over once redone"
         );
         drop(store);
-        // Opened again, nothing is redone twice: every task once, in its inbox once.
+        // Opened again, nothing is redone twice: every task once, in its inbox once, and
+        // the next task is numbered on from the last one (the counters were redone too).
         let store = Store::open(killed.path()).unwrap();
         assert_eq!(store.inbox_depth("writer").unwrap(), WRITES as u64);
+        assert_eq!(acknowledged(&store, WRITES), format!("t-{}", WRITES + 1));
+        drop(store);
 
         let store = Store::open(redb_alone.path()).unwrap();
         let kept = tasks

@@ -498,11 +498,18 @@ fn put(txn: &Tx<'_>, key: &str, writer: &str, value: &[u8], now: u64) -> Result<
     Ok(version)
 }
 
-fn next(txn: &Tx<'_>, counter: &str) -> Result<u64, StoreError> {
-    let mut counters = txn.open_table(COUNTERS)?;
-    let n = counters.get(counter)?.map_or(0, |v| v.value()) + 1;
-    counters.insert(counter, n)?;
-    Ok(n)
+/// Draw the next number from `counter`. It is written to its table when `txn` is
+/// finished, once however many numbers the transaction drew.
+fn next(txn: &Tx<'_>, counter: &'static str) -> Result<u64, StoreError> {
+    let last = match txn.counter(counter) {
+        Some(n) => n,
+        None => txn
+            .open_table(COUNTERS)?
+            .get(counter)?
+            .map_or(0, |v| v.value()),
+    };
+    txn.set_counter(counter, last + 1);
+    Ok(last + 1)
 }
 
 fn put_json<T: Serialize>(

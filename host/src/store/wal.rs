@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::StoreError;
+use super::audit::Head;
 
 /// The log, beside the redb file in the state directory.
 pub const WAL_FILE: &str = "store.wal";
@@ -47,21 +48,104 @@ const HEADER: usize = 16;
 /// kept open until the transaction ends: opening and closing a redb table cost about as
 /// much as the change made through it, and a batch of writes uses the same few tables
 /// dozens of times.
+///
+/// It also keeps what the store's writes read back most ([`Known`]): the counters that
+/// number tasks, handoffs and queue places, and the audit chain's head. A counter is
+/// written to its table once, when the transaction is [finished](Tx::finish), however
+/// many times it was drawn; a batch draws the same three counters dozens of times.
 pub(super) struct Tx<'a> {
     txn: &'a WriteTransaction,
     log: Option<&'a RefCell<Vec<u8>>>,
     /// The tables opened so far, at their place in the store's list of tables.
     open: [RefCell<Option<Slot<'a>>>; super::TABLES],
+    /// What this transaction knows of the state it leaves, so far.
+    known: RefCell<Known>,
+}
+
+/// What the writer knows of the store's committed state without reading it: carried from
+/// one transaction to the next, and handed on only once the transaction that left it has
+/// committed. A transaction that fails loses it, and the next reads what it needs from
+/// the tables again.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    /// The audit chain's last record.
+    audit_head: Option<Head>,
+    /// Counters' values, and whether this transaction changed them.
+    counters: Vec<Counter>,
+}
+
+#[derive(Debug)]
+struct Counter {
+    name: &'static str,
+    value: u64,
+    changed: bool,
 }
 
 impl<'a> Tx<'a> {
-    /// Changes through this are applied to `txn` and appended to `log`, if any.
-    pub(super) fn new(txn: &'a WriteTransaction, log: Option<&'a RefCell<Vec<u8>>>) -> Self {
+    /// Changes through this are applied to `txn` and appended to `log`, if any. `known`
+    /// is what is known of the state as `txn` starts.
+    pub(super) fn new(
+        txn: &'a WriteTransaction,
+        log: Option<&'a RefCell<Vec<u8>>>,
+        known: Known,
+    ) -> Self {
         Tx {
             txn,
             log,
             open: std::array::from_fn(|_| RefCell::new(None)),
+            known: RefCell::new(known),
         }
+    }
+
+    /// The audit chain's last record, if known; see [`Head`].
+    pub(super) fn audit_head(&self) -> Option<Head> {
+        self.known.borrow().audit_head.clone()
+    }
+
+    /// Note the audit chain's new last record.
+    pub(super) fn set_audit_head(&self, head: Head) {
+        self.known.borrow_mut().audit_head = Some(head);
+    }
+
+    /// Counter `name`'s value, if known.
+    pub(super) fn counter(&self, name: &str) -> Option<u64> {
+        let known = self.known.borrow();
+        known
+            .counters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value)
+    }
+
+    /// Set counter `name` to `value`; it is written when the transaction is finished.
+    pub(super) fn set_counter(&self, name: &'static str, value: u64) {
+        let mut known = self.known.borrow_mut();
+        match known.counters.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.value = value;
+                c.changed = true;
+            }
+            None => known.counters.push(Counter {
+                name,
+                value,
+                changed: true,
+            }),
+        }
+    }
+
+    /// Write the counters this transaction changed, and give back what it knows of the
+    /// state it leaves: to be handed to the next transaction once `txn` has committed.
+    /// A transaction that changed a counter must be finished before it commits.
+    pub(super) fn finish(self) -> Result<Known, StoreError> {
+        let mut known = self.known.take();
+        if known.counters.iter().any(|c| c.changed) {
+            let mut table = self.open_table(super::COUNTERS)?;
+            for c in known.counters.iter_mut().filter(|c| c.changed) {
+                table.insert(c.name, c.value)?;
+                c.changed = false;
+            }
+        }
+        Ok(known)
     }
 
     /// Open `def` to read and change it. A table is open once at a time: opening it
@@ -423,7 +507,7 @@ mod tests {
         let log = RefCell::new(Vec::new());
         let txn = store.db.begin_write().unwrap();
         {
-            let tx = Tx::new(&txn, Some(&log));
+            let tx = Tx::new(&txn, Some(&log), Known::default());
             let mut first = tx.open_table(TASKS).unwrap();
             first.insert("t-1", "one").unwrap();
             let again = tx
