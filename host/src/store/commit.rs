@@ -30,7 +30,6 @@
 //! from it, and the writer, never acknowledged, is redelivered.
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::future::IntoFuture;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +39,7 @@ use std::thread::JoinHandle;
 use redb::{Database, Durability};
 use tokio::sync::watch;
 
-use super::wal::{Known, LSN_COUNTER, Tx, Wal};
+use super::wal::{Known, LSN_COUNTER, SyncHandle, Tx, Wal};
 use super::{COUNTERS, StoreError, WriteFuture};
 
 /// Log bytes after which the writer makes redb durable and starts the log over: a bound
@@ -401,7 +400,7 @@ struct Writer {
 impl Writer {
     /// Apply waiting writes in batches until the store closes, then checkpoint. `log`
     /// is the handle the log's fsync thread uses.
-    fn run(&mut self, policy: &AtomicBool, log: File) {
+    fn run(&mut self, policy: &AtomicBool, log: SyncHandle) {
         let state = self.state.clone();
         let closing = Closing(&state);
         let syncer = {
@@ -581,7 +580,7 @@ fn caught(w: &mut dyn Write, tx: &Tx<'_>) -> Result<(), StoreError> {
 
 /// The log's fsync thread: whenever an acknowledged write waits, fsync every frame
 /// appended so far, and tell the waiters.
-fn sync_log(log: &File, state: &State) {
+fn sync_log(log: &SyncHandle, state: &State) {
     loop {
         let target = {
             let mut p = lock(&state.progress);
@@ -597,14 +596,14 @@ fn sync_log(log: &File, state: &State) {
                 p = state.sync.wait(p).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let synced = log.sync_data();
+        let synced = log.sync();
         let mut p = lock(&state.progress);
         p.attempted = p.attempted.max(target);
         p.flushes += 1;
         match synced {
             Ok(()) => p.synced = p.synced.max(target),
             Err(e) => {
-                tracing::error!("group commit: fsync of the write-ahead log failed: {e}");
+                tracing::error!("group commit: {e}");
                 p.failed = Some((target, e.to_string()));
                 p.broken = true;
             }
@@ -625,9 +624,11 @@ fn flush(db: &Database) -> Result<(), StoreError> {
 }
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Barrier};
 
     use super::CommitPolicy;
+    use crate::store::wal::LogFile;
     use crate::store::{Kind, NewHandoff, Pattern, Store};
 
     fn handoff(i: usize) -> NewHandoff {
@@ -843,6 +844,111 @@ mod tests {
             "task {last}, whose frame was cut short, came back"
         );
         assert_eq!(store.inbox_depth("writer").unwrap(), 5);
+    }
+
+    /// Which of the log file's operations fail; a test switches them while the store runs.
+    #[derive(Default)]
+    struct Faults {
+        write: AtomicBool,
+        sync: AtomicBool,
+    }
+
+    /// The store's log file, failing as `faults` say, as a full or failing disk does.
+    struct Failing {
+        file: Box<dyn LogFile>,
+        faults: Arc<Faults>,
+    }
+
+    impl LogFile for Failing {
+        fn write_at(&mut self, at: u64, frame: &[u8]) -> std::io::Result<()> {
+            if self.faults.write.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected: no space left on device"));
+            }
+            self.file.write_at(at, frame)
+        }
+
+        fn sync(&self) -> std::io::Result<()> {
+            if self.faults.sync.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected: input/output error"));
+            }
+            self.file.sync()
+        }
+
+        fn clear(&mut self) -> std::io::Result<()> {
+            self.file.clear()
+        }
+
+        fn share(&self) -> std::io::Result<Box<dyn LogFile>> {
+            Ok(Box::new(Failing {
+                file: self.file.share()?,
+                faults: self.faults.clone(),
+            }))
+        }
+    }
+
+    /// A store under group commit whose log's disk fails when the test says.
+    fn failing_store() -> (tempfile::TempDir, Store, Arc<Faults>) {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let store = Store::open_with_log(dir.path(), |file| {
+            Box::new(Failing {
+                file,
+                faults: faults.clone(),
+            })
+        })
+        .unwrap();
+        store.set_commit_policy(CommitPolicy::Group);
+        (dir, store, faults)
+    }
+
+    /// An fsync of the log that fails is never taken for success: the write it was to
+    /// cover is reported as possibly lost, and so is every write after it while the disk
+    /// keeps failing. The store goes on: once the disk works, the next write makes redb
+    /// durable first (the log may lack what the failed fsync held), is acknowledged, and
+    /// survives a kill with everything acknowledged before.
+    #[test]
+    fn a_failed_fsync_is_reported_not_acknowledged_and_the_store_goes_on() {
+        let (dir, store, faults) = failing_store();
+        let mut kept = vec![acknowledged(&store, 0)];
+        faults.sync.store(true, Ordering::SeqCst);
+        for i in 1..=2 {
+            let task = store.hand_off(handoff(i)).wait().unwrap().unwrap().task;
+            let err = store.durable_blocking().unwrap_err().to_string();
+            assert!(
+                err.contains("the fsync failed, the write may be lost")
+                    && err.contains("cannot fsync the write-ahead log")
+                    && err.contains(crate::store::WAL_FILE)
+                    && err.contains("injected: input/output error"),
+                "write {task}: {err}"
+            );
+        }
+        faults.sync.store(false, Ordering::SeqCst);
+        kept.push(acknowledged(&store, 3));
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let store = Store::open(killed.path()).unwrap();
+        assert_kept(&store, &kept, "after the kill");
+    }
+
+    /// A frame the log could not take loses nothing: redb is made durable at once instead,
+    /// and the writes in it are acknowledged only after that, so they survive a kill even
+    /// without the log. Once the disk takes frames again, the log carries on after them.
+    #[test]
+    fn a_frame_the_log_could_not_take_is_made_durable_by_a_checkpoint_instead() {
+        let (dir, store, faults) = failing_store();
+        faults.write.store(true, Ordering::SeqCst);
+        let mut kept: Vec<String> = (0..3).map(|i| acknowledged(&store, i)).collect();
+        let redb_alone = as_killed(dir.path(), false);
+        faults.write.store(false, Ordering::SeqCst);
+        kept.push(acknowledged(&store, 3));
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let store = Store::open(redb_alone.path()).unwrap();
+        assert_kept(&store, &kept[..3], "without the log");
+        drop(store);
+        let store = Store::open(killed.path()).unwrap();
+        assert_kept(&store, &kept, "after the kill");
+        assert_eq!(store.inbox_depth("writer").unwrap(), 4);
     }
 
     /// Writers that commit together share fsyncs, and each learns its write is on disk:

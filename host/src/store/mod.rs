@@ -198,6 +198,24 @@ impl Store {
     /// host that was killed had made durable only in the write-ahead log ([`WAL_FILE`])
     /// are redone first.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let (db, log, next) = Store::recovered(dir)?;
+        Store::start(db, dir, log, next)
+    }
+
+    /// [`Store::open`], with `wrap(file)` in the place of the write-ahead log's file: a
+    /// test's way to make the disk fail under the store.
+    #[cfg(test)]
+    fn open_with_log(
+        dir: &Path,
+        wrap: impl FnOnce(Box<dyn wal::LogFile>) -> Box<dyn wal::LogFile>,
+    ) -> Result<Store, StoreError> {
+        let (db, log, next) = Store::recovered(dir)?;
+        Store::start(db, dir, log.wrapped(wrap), next)
+    }
+
+    /// The database in `dir` with every table in it and the log redone: the log, and
+    /// the number of its next frame.
+    fn recovered(dir: &Path) -> Result<(Database, wal::Wal, u64), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Db(redb::Error::Io(std::io::Error::new(
                 e.kind(),
@@ -216,11 +234,16 @@ impl Store {
         every_table!(create);
         txn.commit()?;
         let (log, next) = redo_log(&db, &dir.join(WAL_FILE))?;
+        Ok((db, log, next))
+    }
+
+    /// The store of `db`, in `dir`, its writer thread started on `log`.
+    fn start(db: Database, dir: &Path, log: wal::Wal, next: u64) -> Result<Store, StoreError> {
         let db = Arc::new(db);
         Ok(Store {
             syncer: commit::Syncer::start(db.clone(), log, next)?,
             db,
-            path,
+            path: dir.join(STORE_FILE),
         })
     }
 

@@ -366,9 +366,57 @@ pub(super) struct Unapplied {
     pub next: u64,
 }
 
+/// What the log needs of its file: [`File`] in the store; a test puts in its place one
+/// that fails on command, to check what the store does when the disk fails.
+pub(super) trait LogFile: Send + 'static {
+    /// Write `frame` at byte `at`.
+    fn write_at(&mut self, at: u64, frame: &[u8]) -> std::io::Result<()>;
+    /// Make every byte written so far durable (`fdatasync`).
+    fn sync(&self) -> std::io::Result<()>;
+    /// Empty the file, durably.
+    fn clear(&mut self) -> std::io::Result<()>;
+    /// A second handle on the same file, for the thread that fsyncs it.
+    fn share(&self) -> std::io::Result<Box<dyn LogFile>>;
+}
+
+impl LogFile for File {
+    fn write_at(&mut self, at: u64, frame: &[u8]) -> std::io::Result<()> {
+        self.seek(SeekFrom::Start(at))?;
+        self.write_all(frame)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.set_len(0)?;
+        self.sync_all()
+    }
+
+    fn share(&self) -> std::io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+}
+
+/// The handle on the log that the thread fsyncing it holds.
+pub(super) struct SyncHandle {
+    file: Box<dyn LogFile>,
+    path: PathBuf,
+}
+
+impl SyncHandle {
+    /// Make every frame appended so far durable.
+    pub(super) fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync()
+            .map_err(|e| io_error(&self.path, "cannot fsync the write-ahead log", &e))
+    }
+}
+
 /// The log file, appended to by the writer thread alone.
 pub(super) struct Wal {
-    file: File,
+    file: Box<dyn LogFile>,
     path: PathBuf,
     /// Bytes appended since the log last started over.
     len: u64,
@@ -430,7 +478,7 @@ impl Wal {
             );
         }
         let wal = Wal {
-            file,
+            file: Box::new(file),
             path: path.to_path_buf(),
             len: bytes.len() as u64,
         };
@@ -443,11 +491,25 @@ impl Wal {
         ))
     }
 
+    /// The log, with `wrap(file)` in the place of its file.
+    #[cfg(test)]
+    pub(super) fn wrapped(self, wrap: impl FnOnce(Box<dyn LogFile>) -> Box<dyn LogFile>) -> Wal {
+        Wal {
+            file: wrap(self.file),
+            ..self
+        }
+    }
+
     /// A second handle on the file, to fsync it from another thread.
-    pub(super) fn sync_handle(&self) -> Result<File, StoreError> {
-        self.file
-            .try_clone()
-            .map_err(|e| io_error(&self.path, "cannot share the write-ahead log", &e))
+    pub(super) fn sync_handle(&self) -> Result<SyncHandle, StoreError> {
+        let file = self
+            .file
+            .share()
+            .map_err(|e| io_error(&self.path, "cannot share the write-ahead log", &e))?;
+        Ok(SyncHandle {
+            file,
+            path: self.path.clone(),
+        })
     }
 
     /// Append frame `lsn` holding `payload` (not fsynced).
@@ -467,8 +529,7 @@ impl Wal {
         frame.extend_from_slice(&lsn.to_le_bytes());
         frame.extend_from_slice(payload);
         self.file
-            .seek(SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(&frame))
+            .write_at(self.len, &frame)
             .map_err(|e| io_error(&self.path, "cannot append to the write-ahead log", &e))?;
         self.len += frame.len() as u64;
         Ok(())
@@ -482,8 +543,7 @@ impl Wal {
     /// Start over: every frame is in redb's durable state.
     pub(super) fn reset(&mut self) -> Result<(), StoreError> {
         self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_all())
+            .clear()
             .map_err(|e| io_error(&self.path, "cannot reset the write-ahead log", &e))?;
         self.len = 0;
         Ok(())
