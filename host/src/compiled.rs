@@ -10,6 +10,14 @@
 //! is a header (magic, the component's sha256, the engine's hash, the sha256 of the
 //! compiled bytes) followed by the compiled bytes, as [`Component::serialize`] wrote them.
 //!
+//! Entries no longer used are removed after each load: an agent rebuilt is a new
+//! component with a new entry, and the old one would otherwise stay for good. After a
+//! load, the cache keeps the entries of this engine that the load used, and every entry
+//! of other engines (another baton version or configuration may share the state
+//! directory, as after a rollback); it removes this engine's other entries and any
+//! temporary file a crash left mid-write. A mesh loaded in turn with another one in the
+//! same state directory therefore compiles again after each switch.
+//!
 //! An entry is checked before its code is loaded, so a damaged file (bytes that no longer
 //! match their digest) or a swapped one (an entry made for another component or engine,
 //! or not made by this cache) is caught: the host warns, recompiles and overwrites it. The
@@ -45,6 +53,8 @@ pub struct Cache<'a> {
     engine_hash: [u8; 32],
     /// Compiled by this cache and not written yet, with their components' sha256.
     fresh: Vec<(Vec<u8>, Component)>,
+    /// The sha256s of the components this load took from the cache or compiled.
+    used: Vec<Vec<u8>>,
 }
 
 /// Feeds what a `Hash` impl writes into sha256: stable across processes and builds,
@@ -77,22 +87,26 @@ impl<'a> Cache<'a> {
             dir: state.join(DIR),
             engine_hash: hasher.0.finalize().into(),
             fresh: Vec::new(),
+            used: Vec::new(),
         }
     }
 
     /// Where the entry for the component whose sha256 is `digest` lives.
     pub fn path(&self, digest: &[u8]) -> PathBuf {
-        self.dir.join(format!(
-            "{}-{}.cwasm",
-            crate::manifest::hex(digest),
-            crate::manifest::hex(&self.engine_hash[..8])
-        ))
+        self.dir
+            .join(format!("{}{}", crate::manifest::hex(digest), self.suffix()))
+    }
+
+    /// How the names of this engine's entries end.
+    fn suffix(&self) -> String {
+        format!("-{}.cwasm", crate::manifest::hex(&self.engine_hash[..8]))
     }
 
     /// The component whose sha256 is `digest`, from its entry, if there is a sound one.
     /// A missing entry (or cache directory) is a quiet miss; any other failure is a
     /// warning and a miss.
-    pub fn get(&self, digest: &[u8]) -> Option<Component> {
+    pub fn get(&mut self, digest: &[u8]) -> Option<Component> {
+        self.used.push(digest.to_vec());
         use std::io::ErrorKind::{NotADirectory, NotFound};
         let path = self.path(digest);
         let bytes = match std::fs::read(&path) {
@@ -150,12 +164,14 @@ impl<'a> Cache<'a> {
     /// leaves nothing behind.
     pub fn compile(&mut self, wasm: &[u8], digest: &[u8]) -> wasmtime::Result<Component> {
         let component = Component::new(self.engine, wasm)?;
+        self.used.push(digest.to_vec());
         self.fresh.push((digest.to_vec(), component.clone()));
         Ok(component)
     }
 
-    /// Write an entry for every component this cache compiled. A failure is one warning,
-    /// never an error: the next load compiles again.
+    /// Write an entry for every component this cache compiled, then remove the entries
+    /// the load did not use (see the module doc). A failure is one warning, never an
+    /// error: the next load compiles again, or tries the removal again.
     pub fn persist(self) {
         for (digest, component) in &self.fresh {
             let written = component
@@ -169,6 +185,44 @@ impl<'a> Cache<'a> {
                 );
                 return;
             }
+        }
+        self.prune();
+    }
+
+    /// Remove this engine's entries that the load did not use, and temporary files left
+    /// by a write a crash cut short.
+    fn prune(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let suffix = self.suffix();
+        let used: Vec<String> = self.used.iter().map(|d| crate::manifest::hex(d)).collect();
+        let mut removed = 0;
+        for file in dir.flatten() {
+            let name = file.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let stale = name.starts_with(".tmp-")
+                || name
+                    .strip_suffix(&suffix)
+                    .is_some_and(|digest| !used.iter().any(|u| u == digest));
+            if !stale {
+                continue;
+            }
+            match std::fs::remove_file(file.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(
+                    "compiled cache: cannot remove `{}`, which no agent uses: {e}",
+                    file.path().display()
+                ),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "compiled cache: removed {removed} files under `{}` that no agent of this mesh uses",
+                self.dir.display()
+            );
         }
     }
 

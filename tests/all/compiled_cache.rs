@@ -3,7 +3,8 @@
 //! is damaged, swapped for another component's code or not made by the cache is caught
 //! with a warning naming it, recompiled and rewritten, and the agent still runs correctly;
 //! a cache that cannot be written never fails a load; a refused component is never
-//! compiled nor taken from the cache.
+//! compiled nor taken from the cache; after a load, this engine's entries that no agent
+//! of the mesh uses are removed, and other engines' entries are kept.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -231,6 +232,52 @@ async fn an_entry_swapped_for_other_code_is_caught_recompiled_and_rewritten() {
             "{what}: the entry is rewritten sound"
         );
     }
+}
+
+/// An agent rebuilt is a new component. After a load that no longer uses the old entry,
+/// that entry is gone, with any temporary file a crash left mid-write; the entry in use
+/// stays, and so does an entry of another engine (another baton version may share the
+/// state directory). An agent whose entry was removed is compiled again, and still runs.
+#[tokio::test]
+async fn entries_no_agent_uses_are_removed_after_a_load_and_other_engines_kept() {
+    let (state, echo_entry, _) = cached_echo().await;
+    let dir = state.path().join("compiled");
+    let torn = dir.join(".tmp-Xq3vB1");
+    std::fs::write(&torn, b"half an entry").unwrap();
+    let foreign = dir.join(format!(
+        "{}-0123456789abcdef.cwasm",
+        hex_sha256(baton_artifacts::echo::WASM)
+    ));
+    assert_ne!(foreign, echo_entry, "the test's engine is this engine");
+    std::fs::write(&foreign, b"another engine's entry").unwrap();
+
+    // The mesh now runs snoop instead of echo.
+    let snoop = mesh(vec![agent("snoop", baton_artifacts::snoop::WASM)]);
+    let (host, logs) = logged(|| Host::load(&snoop, state.path()).unwrap());
+    drop(host);
+    assert!(
+        logs.contains(&format!(
+            "compiled cache: removed 2 files under `{}` that no agent of this mesh uses",
+            dir.display()
+        )),
+        "{logs}"
+    );
+    let snoop_entry = entry(state.path(), baton_artifacts::snoop::WASM);
+    let mut kept = vec![foreign.clone(), snoop_entry.clone()];
+    kept.sort();
+    assert_eq!(entries(state.path()), kept);
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"another engine's entry",
+        "another engine's entry is left as it was"
+    );
+
+    // Echo again: compiled anew (its entry is gone), it runs, and snoop's entry goes.
+    load_and_echo(state.path()).await;
+    assert!(echo_entry.exists(), "echo's entry is written again");
+    let mut kept = vec![foreign, echo_entry];
+    kept.sort();
+    assert_eq!(entries(state.path()), kept);
 }
 
 #[tokio::test]
