@@ -19,8 +19,8 @@ use crate::bindings::mesh::{self as wit, Host, MeshError};
 use crate::grants::{ReadGrants, validate_key};
 use crate::manifest::{AgentSpec, CAPABILITY, Limits, Mesh, ROUTE, Route, compile_schema};
 use crate::store::{
-    self, Backend, Fallback, Kind, NewHandoff, Refusal, StoreError, StreamRead, TaskRecord,
-    WriteFuture,
+    self, Backend, Fallback, Kind, NewHandoff, Refusal, StoreError, StreamRead, StreamWriter,
+    TaskRecord, WriteFuture,
 };
 
 /// Longest `summary` accepted, in bytes.
@@ -167,13 +167,27 @@ pub struct MeshCtx {
     /// Handoffs made so far in this activation: also the position of the next one, by
     /// which the store matches a redelivered task's hand-offs with those it made before.
     pub handoffs: u32,
-    /// Streams this activation opened; the host closes those still open when it ends.
-    pub streams: Vec<String>,
+    /// Streams this activation opened (or found opened by an earlier delivery of its
+    /// task), with how many chunks it wrote to each: the position of its next chunk.
+    pub streams: Vec<OpenStream>,
     /// Refusals and replayed hand-offs, for the agent's log.
     pub log: Vec<String>,
     /// The audit records of this activation's reads, queued but not waited for: the host
     /// awaits them before it records how the activation ended (see `read_blackboard`).
     pub audits: Audits,
+}
+
+/// A stream an activation writes.
+#[derive(Debug)]
+pub struct OpenStream {
+    /// The handoff that opened it.
+    pub handoff: String,
+    /// The stream key.
+    pub key: String,
+    /// Chunks this activation wrote to it, counting one its hand-off carried.
+    pub written: u64,
+    /// Whether this activation closed it.
+    pub closed: bool,
 }
 
 /// Queued audit records of reads, not yet waited for.
@@ -187,6 +201,25 @@ impl std::fmt::Debug for Audits {
 }
 
 impl MeshCtx {
+    /// This activation as the writer of the stream `handoff` opened. A stream it did not
+    /// open is the store's to refuse; its position then counts from the start.
+    fn stream_writer(&self, handoff: &str) -> StreamWriter {
+        StreamWriter {
+            agent: self.agent.id.clone(),
+            task: self.task.id.clone(),
+            handoff: handoff.to_string(),
+            written: self
+                .streams
+                .iter()
+                .find(|s| s.handoff == handoff)
+                .map_or(0, |s| s.written),
+        }
+    }
+
+    fn stream_mut(&mut self, handoff: &str) -> Option<&mut OpenStream> {
+        self.streams.iter_mut().find(|s| s.handoff == handoff)
+    }
+
     fn refuse(&mut self, e: MeshError) -> MeshError {
         let line = format!("{}: {}", self.task.id, describe(&e));
         tracing::warn!(agent = %self.agent.id, "{line}");
@@ -534,6 +567,8 @@ impl Host for MeshView<'_> {
             Err(e) => return Ok(Err(self.ctx.refuse(e))),
         };
         let stream = a.pattern == store::Pattern::Stream;
+        // A stream's hand-off may carry its first chunk.
+        let carried = u64::from(a.data.is_some());
         let nth = self.ctx.handoffs;
         let committed = self
             .ctx
@@ -573,7 +608,12 @@ impl Host for MeshView<'_> {
                     self.ctx.log.push(line);
                 }
                 if stream {
-                    self.ctx.streams.push(c.handoff.id.clone());
+                    self.ctx.streams.push(OpenStream {
+                        handoff: c.handoff.id.clone(),
+                        key: c.handoff.key.clone().unwrap_or_default(),
+                        written: carried,
+                        closed: false,
+                    });
                 }
                 // The callee may start while the commit is flushed (a crash loses both);
                 // the caller learns of the handoff only once it is on disk.
@@ -627,18 +667,30 @@ impl Host for MeshView<'_> {
             ));
             return Ok(Err(self.ctx.refuse(e)));
         }
+        let by = self.ctx.stream_writer(&handoff_id);
         let written = self
             .ctx
             .shared
             .store
-            .stream_write(&self.ctx.agent.id, &handoff_id, &chunk)
+            .stream_write(&by, &chunk)
             .await
             .map_err(trap)?;
         match written {
-            Ok((version, _)) => {
+            Ok(w) => {
+                if let Some(open) = self.ctx.stream_mut(&handoff_id) {
+                    open.written += 1;
+                }
+                if w.replayed {
+                    let line = format!(
+                        "{}: chunk {} of the stream of {handoff_id} was written by an earlier delivery of this task; returned its version, recorded nothing new",
+                        self.ctx.task.id, w.version
+                    );
+                    tracing::info!(agent = %self.ctx.agent.id, "{line}");
+                    self.ctx.log.push(line);
+                }
                 self.ctx.shared.wake();
                 self.ctx.shared.store.durable().await.map_err(trap)?;
-                Ok(Ok(version))
+                Ok(Ok(w.version))
             }
             Err(r) => Ok(Err(self.ctx.refuse(refusal(r, "handoff-id")))),
         }
@@ -648,16 +700,30 @@ impl Host for MeshView<'_> {
         &mut self,
         handoff_id: String,
     ) -> wasmtime::Result<Result<(), MeshError>> {
+        // The store takes a close of a closed stream for an earlier delivery's, which this
+        // activation's own second close is not.
+        if let Some(open) = self.ctx.stream_mut(&handoff_id)
+            && open.closed
+        {
+            let e = invalid(
+                "handoff-id",
+                format!("the stream at `{}` is closed", open.key),
+            );
+            return Ok(Err(self.ctx.refuse(e)));
+        }
+        let by = self.ctx.stream_writer(&handoff_id);
         let closed = self
             .ctx
             .shared
             .store
-            .stream_close(&self.ctx.agent.id, &handoff_id)
+            .stream_close(&by)
             .await
             .map_err(trap)?;
         match closed {
             Ok(_) => {
-                self.ctx.streams.retain(|h| h != &handoff_id);
+                if let Some(open) = self.ctx.stream_mut(&handoff_id) {
+                    open.closed = true;
+                }
                 self.ctx.shared.wake();
                 self.ctx.shared.store.durable().await.map_err(trap)?;
                 Ok(Ok(()))

@@ -854,12 +854,9 @@ impl Host {
         let ctx = &mut wstore.data_mut().mesh;
         let mut refusals = std::mem::take(&mut ctx.log);
         refusals.append(&mut outbound_log.lock().unwrap_or_else(|e| e.into_inner()));
-        let streams = std::mem::take(&mut ctx.streams);
         let audits = std::mem::take(&mut ctx.audits.0);
-        // A reader must not wait on a writer that is gone.
-        if !streams.is_empty() {
-            store.close_streams_of(&agent_id, &streams).await?;
-        }
+        // The streams it left open stay open: the store closes them when the task ends
+        // for good, in the commit that ends it, and a delivery to come carries them on.
         self.append_log(
             &task,
             &agent_id,

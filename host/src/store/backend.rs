@@ -31,7 +31,7 @@ use std::pin::Pin;
 use super::{
     AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
     FailureKind, HandoffRecord, NewHandoff, Pick, Refusal, Store, StoreError, StreamMeta,
-    StreamRead, TaskRecord, queue::Outcome,
+    StreamRead, StreamWriter, TaskRecord, Written, queue::Outcome,
 };
 
 /// A future a backend returns from a trait method.
@@ -108,17 +108,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Whether a ready task waits for its backoff.
     fn has_delayed(&self) -> Result<bool, StoreError>;
 
-    /// Append a chunk to a stream `writer` opened.
+    /// Append a chunk to a stream `by.task` opened, once at its position.
     fn stream_write(
         &self,
-        writer: &str,
-        handoff: &str,
+        by: &StreamWriter,
         chunk: &[u8],
-    ) -> WriteFuture<Result<(u64, bool), Refusal>>;
-    /// Close a stream `writer` opened.
-    fn stream_close(&self, writer: &str, handoff: &str) -> WriteFuture<Result<bool, Refusal>>;
-    /// Close every stream of `handoffs` still open; how many.
-    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> WriteFuture<usize>;
+    ) -> WriteFuture<Result<Written, Refusal>>;
+    /// Close a stream `by.task` opened; whether an earlier delivery had closed it.
+    fn stream_close(&self, by: &StreamWriter) -> WriteFuture<Result<bool, Refusal>>;
     /// Read the chunk after `after` of the stream at `key`, for `reader`.
     fn stream_read(
         &self,
@@ -226,17 +223,13 @@ impl Backend for Store {
     }
     fn stream_write(
         &self,
-        writer: &str,
-        handoff: &str,
+        by: &StreamWriter,
         chunk: &[u8],
-    ) -> WriteFuture<Result<(u64, bool), Refusal>> {
-        Store::stream_write(self, writer, handoff, chunk).into_future()
+    ) -> WriteFuture<Result<Written, Refusal>> {
+        Store::stream_write(self, by, chunk).into_future()
     }
-    fn stream_close(&self, writer: &str, handoff: &str) -> WriteFuture<Result<bool, Refusal>> {
-        Store::stream_close(self, writer, handoff).into_future()
-    }
-    fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> WriteFuture<usize> {
-        Store::close_streams_of(self, writer, handoffs).into_future()
+    fn stream_close(&self, by: &StreamWriter) -> WriteFuture<Result<bool, Refusal>> {
+        Store::stream_close(self, by).into_future()
     }
     fn stream_read(
         &self,

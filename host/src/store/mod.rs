@@ -46,7 +46,7 @@ use commit::Ack;
 pub use commit::{CommitPolicy, Queued};
 pub use queue::{Committed, NewHandoff, Pick, Refusal, fingerprint};
 pub use records::*;
-pub use streams::StreamRead;
+pub use streams::{StreamRead, StreamWriter, Written};
 use wal::Tx;
 pub use wal::WAL_FILE;
 

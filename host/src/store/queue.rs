@@ -322,7 +322,7 @@ fn complete_in(
     txn.open_table(RUNNING)?.remove(task.id.as_str())?;
     // What it claimed through `check-inbox` was handled with it.
     release_claims(txn, &task.id, false)?;
-    forget_handoffs_of(txn, &task.id)?;
+    end_handoffs_of(txn, &task.id)?;
     send_reply(txn, &task, summary, reply_deadline_ms)?;
     Ok(task)
 }
@@ -593,15 +593,18 @@ fn release_claims(txn: &Tx<'_>, claimer: &str, give_back: bool) -> Result<(), St
 
 /// Drop the record of which hand-offs `task` made (see [`Store::hand_off`]) once it has
 /// ended for good: it is never delivered again, so nothing will replay them. A crash
-/// before this commit loses the drop with the end, and the rerun still finds them.
-fn forget_handoffs_of(txn: &Tx<'_>, task: &str) -> Result<(), StoreError> {
-    let mut once = txn.open_table(HANDOFF_ONCE)?;
-    let made: Vec<u32> = once
+/// before this commit loses the drop with the end, and the rerun still finds them. The
+/// streams those hand-offs opened and no delivery closed are closed with it: nothing will
+/// write to them any more.
+fn end_handoffs_of(txn: &Tx<'_>, task: &str) -> Result<(), StoreError> {
+    let made: Vec<(u32, String)> = txn
+        .open_table(HANDOFF_ONCE)?
         .range((task, 0)..=(task, u32::MAX))?
-        .map(|row| row.map(|(k, _)| k.value().1))
+        .map(|row| row.map(|(k, v)| (k.value().1, v.value().to_string())))
         .collect::<Result<_, _>>()?;
-    for n in made {
-        once.remove((task, n))?;
+    for (n, handoff) in made {
+        super::streams::close_if_open(txn, &handoff)?;
+        txn.open_table(HANDOFF_ONCE)?.remove((task, n))?;
     }
     Ok(())
 }
@@ -760,7 +763,7 @@ fn fail_in(
 fn finish_failed(txn: &Tx<'_>, task: &mut TaskRecord, now: u64) -> Result<(), StoreError> {
     task.status = Status::Failed;
     task.finished_at = Some(now);
-    forget_handoffs_of(txn, &task.id)?;
+    end_handoffs_of(txn, &task.id)?;
     let key = format!("failures/{}", task.id);
     let record = serde_json::json!({
         "task": task.id,

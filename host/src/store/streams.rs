@@ -1,6 +1,12 @@
 //! Chunks of `stream` handoffs. Each chunk is a new version of the stream key, so the
 //! audit trail covers streams like any other write; the reader's task is made ready at
 //! the first chunk (or at the close of an empty stream).
+//!
+//! A stream is written once, like a hand-off: a task delivered again carries on the stream
+//! its earlier delivery opened, and the chunks it writes again are matched by position
+//! with those the stream holds, not appended twice. It stays open until the writer closes
+//! it or its task ends for good (completed, or failed with no delivery to come), so the
+//! reader sees one stream, whole, however many deliveries wrote it.
 
 use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
@@ -22,50 +28,52 @@ pub enum StreamRead {
     Pending,
 }
 
+/// A write to a stream by an activation of the task that opened it. A stream belongs to
+/// the task whose activation handed it off, whichever worker runs that task now: a task
+/// delivered again (its activation trapped, or the host died) carries on the same stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamWriter {
+    /// The agent running the activation; what its chunks record as their writer.
+    pub agent: String,
+    /// The task it runs.
+    pub task: String,
+    /// The handoff that opened the stream.
+    pub handoff: String,
+    /// Chunks this activation wrote to the stream before, counting one its hand-off
+    /// carried: the position of the next. A chunk at a position the stream already holds
+    /// was written by an earlier delivery of the task, and is not written again.
+    pub written: u64,
+}
+
+/// What a stream write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The chunk's version of the stream key.
+    pub version: u64,
+    /// Whether an earlier delivery of the task wrote this chunk already, so nothing new
+    /// was recorded and `version` is the original's.
+    pub replayed: bool,
+}
+
 impl Store {
-    /// Append `chunk` to the stream `writer` opened with handoff `handoff`. Returns the
-    /// chunk's version and whether this woke the reader.
+    /// Append `chunk` to the stream `by.task` opened with `by.handoff`, at position
+    /// `by.written + 1`; a chunk the stream holds at that position already is returned,
+    /// not written again (see [`StreamWriter`]).
     pub fn stream_write(
         &self,
-        writer: &str,
-        handoff: &str,
+        by: &StreamWriter,
         chunk: &[u8],
-    ) -> Queued<Result<(u64, bool), Refusal>> {
-        let (writer, handoff, chunk) = (writer.to_string(), handoff.to_string(), chunk.to_vec());
-        self.write(Ack::Acknowledged, move |txn| {
-            let mut meta = match open_stream_of(txn, &writer, &handoff)? {
-                Ok(m) => m,
-                Err(r) => return Ok(Err(r)),
-            };
-            let version = put(txn, &meta.key, &writer, &chunk, now_ms())?;
-            meta.chunks += 1;
-            put_json(txn, STREAMS, &meta.key.clone(), &meta)?;
-            let woke = wake_reader(txn, &meta)?;
-            Ok(Ok((version, woke)))
-        })
+    ) -> Queued<Result<Written, Refusal>> {
+        let (by, chunk) = (by.clone(), chunk.to_vec());
+        self.write(Ack::Acknowledged, move |txn| write_chunk(txn, &by, &chunk))
     }
 
-    /// Close the stream `writer` opened with `handoff`. Returns whether this woke the
-    /// reader (an empty stream). Closing a closed stream is refused.
-    pub fn stream_close(&self, writer: &str, handoff: &str) -> Queued<Result<bool, Refusal>> {
-        let (writer, handoff) = (writer.to_string(), handoff.to_string());
-        self.write(Ack::Acknowledged, move |txn| close(txn, &writer, &handoff))
-    }
-
-    /// Close every stream still open that `writer` opened with `handoffs`, in one
-    /// commit: an activation that ends must not leave its reader waiting. Returns how
-    /// many were closed.
-    pub fn close_streams_of(&self, writer: &str, handoffs: &[String]) -> Queued<usize> {
-        let (writer, handoffs) = (writer.to_string(), handoffs.to_vec());
-        self.write(Ack::Acknowledged, move |txn| {
-            let mut closed = 0;
-            for h in &handoffs {
-                if close(txn, &writer, h)?.is_ok() {
-                    closed += 1;
-                }
-            }
-            Ok(closed)
-        })
+    /// Close the stream `by.task` opened with `by.handoff`. Returns whether an earlier
+    /// delivery of the task had closed it after the chunks this one wrote, so nothing
+    /// changed. A stream closed before the chunks this activation wrote is refused.
+    pub fn stream_close(&self, by: &StreamWriter) -> Queued<Result<bool, Refusal>> {
+        let by = by.clone();
+        self.write(Ack::Acknowledged, move |txn| close(txn, &by))
     }
 
     /// Read the chunk after version `after` of the stream at `key`, for `reader`, and
@@ -123,44 +131,298 @@ fn read_chunk(txn: &Tx<'_>, reader: &str, key: &str, after: u64) -> Outcome<Stre
     Ok(Ok(StreamRead::Chunk(entry)))
 }
 
-/// The body of [`Store::stream_close`].
-fn close(txn: &Tx<'_>, writer: &str, handoff: &str) -> Outcome<bool> {
-    let mut meta = match open_stream_of(txn, writer, handoff)? {
+/// The body of [`Store::stream_write`].
+fn write_chunk(txn: &Tx<'_>, by: &StreamWriter, chunk: &[u8]) -> Outcome<Written> {
+    let mut meta = match stream_of(txn, by)? {
         Ok(m) => m,
         Err(r) => return Ok(Err(r)),
     };
-    meta.closed = true;
+    let at = by.written + 1;
+    if at <= meta.chunks {
+        return Ok(Ok(Written {
+            version: at,
+            replayed: true,
+        }));
+    }
+    if meta.closed {
+        return Ok(Err(closed(&meta)));
+    }
+    if at > meta.chunks + 1 {
+        return Ok(Err(Refusal::Invalid(format!(
+            "chunk {at} of the stream at `{}` would follow chunk {}, its last",
+            meta.key, meta.chunks
+        ))));
+    }
+    let version = put(txn, &meta.key, &by.agent, chunk, now_ms())?;
+    meta.chunks += 1;
     put_json(txn, STREAMS, &meta.key.clone(), &meta)?;
-    let woke = wake_reader(txn, &meta)?;
-    Ok(Ok(woke))
+    wake_reader(txn, &meta)?;
+    Ok(Ok(Written {
+        version,
+        replayed: false,
+    }))
 }
 
-fn open_stream_of(txn: &Tx<'_>, writer: &str, handoff: &str) -> Outcome<StreamMeta> {
-    let Some(h) = try_get_json::<HandoffRecord>(txn, HANDOFFS, handoff)? else {
-        return Ok(Err(Refusal::NotFound(format!("no handoff `{handoff}`"))));
+/// The body of [`Store::stream_close`].
+fn close(txn: &Tx<'_>, by: &StreamWriter) -> Outcome<bool> {
+    let meta = match stream_of(txn, by)? {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
     };
-    if h.from != writer || h.pattern != Pattern::Stream {
+    if meta.closed {
+        return Ok(if by.written <= meta.chunks {
+            Ok(true)
+        } else {
+            Err(closed(&meta))
+        });
+    }
+    close_open(txn, meta)?;
+    Ok(Ok(false))
+}
+
+/// Close the stream of `meta`, open until now, and wake its reader if it waited for a
+/// first chunk.
+fn close_open(txn: &Tx<'_>, mut meta: StreamMeta) -> Result<(), StoreError> {
+    meta.closed = true;
+    put_json(txn, STREAMS, &meta.key.clone(), &meta)?;
+    wake_reader(txn, &meta)?;
+    Ok(())
+}
+
+/// Close the stream handoff `handoff` opened, if it opened one still open: the task that
+/// made the handoff has ended for good, and its reader must not wait for more.
+pub(super) fn close_if_open(txn: &Tx<'_>, handoff: &str) -> Result<(), StoreError> {
+    let h: HandoffRecord = get_json(txn, HANDOFFS, handoff)?;
+    let Some(key) = h.key.filter(|_| h.pattern == Pattern::Stream) else {
+        return Ok(());
+    };
+    match try_get_json::<StreamMeta>(txn, STREAMS, &key)? {
+        Some(meta) if meta.handoff == h.id && !meta.closed => close_open(txn, meta),
+        _ => Ok(()),
+    }
+}
+
+fn closed(meta: &StreamMeta) -> Refusal {
+    Refusal::Invalid(format!("the stream at `{}` is closed", meta.key))
+}
+
+/// The stream `by.handoff` opened, if `by.task` opened it.
+fn stream_of(txn: &Tx<'_>, by: &StreamWriter) -> Outcome<StreamMeta> {
+    let Some(h) = try_get_json::<HandoffRecord>(txn, HANDOFFS, &by.handoff)? else {
+        return Ok(Err(Refusal::NotFound(format!(
+            "no handoff `{}`",
+            by.handoff
+        ))));
+    };
+    if h.parent.as_deref() != Some(by.task.as_str()) || h.pattern != Pattern::Stream {
         return Ok(Err(Refusal::Denied(format!(
-            "agent `{writer}` did not open a stream with handoff `{handoff}`"
+            "agent `{}` did not open a stream with handoff `{}` in task `{}`",
+            by.agent, by.handoff, by.task
         ))));
     }
     let key = h.key.unwrap_or_default();
-    let meta: StreamMeta = get_json(txn, STREAMS, &key)?;
-    if meta.closed {
-        return Ok(Err(Refusal::Invalid(format!(
-            "the stream at `{key}` is closed"
-        ))));
-    }
-    Ok(Ok(meta))
+    Ok(Ok(get_json(txn, STREAMS, &key)?))
 }
 
 /// Make the reader's task ready if it still waits for its first chunk.
-fn wake_reader(txn: &Tx<'_>, meta: &StreamMeta) -> Result<bool, StoreError> {
+fn wake_reader(txn: &Tx<'_>, meta: &StreamMeta) -> Result<(), StoreError> {
     let mut task: TaskRecord = get_json(txn, TASKS, &meta.task)?;
     if task.status != Status::Waiting {
-        return Ok(false);
+        return Ok(());
     }
     task.status = Status::Pending;
-    make_ready(txn, &task)?;
-    Ok(true)
+    make_ready(txn, &task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::manifest::OPERATOR;
+    use crate::store::{NewHandoff, Pick};
+
+    fn handoff(from: &str, parent: Option<TaskRecord>, to: &str, pattern: Pattern) -> NewHandoff {
+        NewHandoff {
+            from: from.into(),
+            parent,
+            to: to.into(),
+            route: None,
+            kind: Kind::Work,
+            summary: "draft".into(),
+            completed: Vec::new(),
+            outstanding: Vec::new(),
+            params: Vec::new(),
+            pattern,
+            data: None,
+            deadline_ms: 30_000,
+            fallback: Fallback::None,
+            reply: false,
+            in_reply_to: None,
+            pointer: None,
+            inbox_depth: 100,
+            nth: Some(0),
+        }
+    }
+
+    /// A store with one running task of agent `w`, which opened an empty stream to `r`
+    /// as its first hand-off: the task, and the writer of that stream.
+    fn writing(store: &Store) -> (TaskRecord, StreamWriter) {
+        let mut root = handoff(OPERATOR, None, "w", Pattern::Blackboard);
+        root.nth = None;
+        store.hand_off(root).wait().unwrap().unwrap();
+        let only_w: Pick = Arc::new(|t, _, _| (t == "w").then(|| t.to_string()));
+        let task = store.claim_ready(1, only_w).wait().unwrap().pop().unwrap();
+        let opened = store
+            .hand_off(handoff("w", Some(task.clone()), "r", Pattern::Stream))
+            .wait()
+            .unwrap()
+            .unwrap();
+        let by = StreamWriter {
+            agent: "w".into(),
+            task: task.id.clone(),
+            handoff: opened.handoff.id,
+            written: 0,
+        };
+        (task, by)
+    }
+
+    fn at(by: &StreamWriter, written: u64) -> StreamWriter {
+        StreamWriter {
+            written,
+            ..by.clone()
+        }
+    }
+
+    fn chunks(store: &Store, by: &StreamWriter) -> Vec<Vec<u8>> {
+        let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
+        let history = store.history(&key).unwrap();
+        history.into_iter().map(|e| e.value).collect()
+    }
+
+    /// Later deliveries get the chunks and the close of earlier ones back, and carry the
+    /// stream on after them; only a write past a close is refused.
+    #[test]
+    fn each_position_of_a_stream_is_written_once_and_a_close_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, by) = writing(&store);
+        let write = |written, chunk: &[u8]| store.stream_write(&at(&by, written), chunk).wait();
+        let first = write(0, b"a").unwrap().unwrap();
+        assert_eq!(
+            first,
+            Written {
+                version: 1,
+                replayed: false
+            }
+        );
+
+        // A second delivery writes "a", "b", "c": "a" is the first one's.
+        let again = write(0, b"a, again").unwrap().unwrap();
+        assert_eq!(
+            again,
+            Written {
+                version: 1,
+                replayed: true
+            }
+        );
+        assert_eq!(write(1, b"b").unwrap().unwrap().version, 2);
+        assert_eq!(write(2, b"c").unwrap().unwrap().version, 3);
+        assert_eq!(store.stream_close(&at(&by, 3)).wait().unwrap(), Ok(false));
+
+        // A third delivery replays all of it; one chunk more is past the close.
+        assert!(write(2, b"c").unwrap().unwrap().replayed);
+        assert_eq!(store.stream_close(&at(&by, 3)).wait().unwrap(), Ok(true));
+        let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
+        assert_eq!(
+            write(3, b"d").unwrap(),
+            Err(Refusal::Invalid(format!("the stream at `{key}` is closed")))
+        );
+        assert_eq!(
+            chunks(&store, &by),
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        let meta = store.stream(&key).unwrap().unwrap();
+        assert_eq!((meta.chunks, meta.closed), (3, true));
+    }
+
+    /// Only the task that opened a stream writes to it, whichever agent runs it; a write
+    /// from another task of the same agent, or to a handoff that is no stream, is refused.
+    #[test]
+    fn a_stream_takes_chunks_from_its_own_task_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (task, by) = writing(&store);
+        let other = StreamWriter {
+            task: "t-99".into(),
+            ..by.clone()
+        };
+        let refused = store.stream_write(&other, b"x").wait().unwrap();
+        assert_eq!(
+            refused,
+            Err(Refusal::Denied(format!(
+                "agent `w` did not open a stream with handoff `{}` in task `t-99`",
+                by.handoff
+            )))
+        );
+        let plain = store
+            .hand_off(NewHandoff {
+                nth: Some(1),
+                ..handoff("w", Some(task), "r", Pattern::Blackboard)
+            })
+            .wait()
+            .unwrap()
+            .unwrap();
+        let not_a_stream = StreamWriter {
+            handoff: plain.handoff.id.clone(),
+            ..by.clone()
+        };
+        assert!(matches!(
+            store.stream_write(&not_a_stream, b"x").wait().unwrap(),
+            Err(Refusal::Denied(_))
+        ));
+        // Another worker running the task after a redelivery may go on.
+        let worker = StreamWriter {
+            agent: "w2".into(),
+            ..by.clone()
+        };
+        assert!(store.stream_write(&worker, b"y").wait().unwrap().is_ok());
+        assert_eq!(chunks(&store, &by), [b"y".to_vec()]);
+    }
+
+    /// A stream left open stays open while its task may be delivered again, and is closed
+    /// in the commit that ends the task for good; an empty one wakes its reader then.
+    #[test]
+    fn a_stream_left_open_is_closed_when_its_task_ends_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for end in ["complete", "fail"] {
+            let (task, by) = writing(&store);
+            let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
+            let reader = store.stream(&key).unwrap().unwrap().task;
+            assert_eq!(
+                store.task(&reader).unwrap().unwrap().status,
+                Status::Waiting
+            );
+            // The host dies: the running task is delivered again, and the stream waits.
+            assert_eq!(store.recover().wait().unwrap(), 1);
+            assert!(!store.stream(&key).unwrap().unwrap().closed, "{end}");
+            let only_w: Pick = Arc::new(|t, _, _| (t == "w").then(|| t.to_string()));
+            let again = store.claim_ready(1, only_w).wait().unwrap();
+            assert_eq!(again.first().map(|t| &t.id), Some(&task.id));
+
+            match end {
+                "complete" => store.complete(&task.id, "done", b"{}", 1_000).wait(),
+                _ => store.fail(&task.id, FailureKind::Error, "no", 1_000).wait(),
+            }
+            .unwrap();
+            let meta = store.stream(&key).unwrap().unwrap();
+            assert!(meta.closed && meta.chunks == 0, "{end}: {meta:?}");
+            assert_eq!(
+                store.task(&reader).unwrap().unwrap().status,
+                Status::Pending,
+                "{end}: the reader is woken to find the stream closed"
+            );
+        }
+    }
 }
