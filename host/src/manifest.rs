@@ -36,6 +36,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -182,6 +183,8 @@ struct RawMeshSection {
     max_hops: Option<u32>,
     #[serde(default)]
     queue_depth: Option<u64>,
+    #[serde(default)]
+    ca_certs: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +258,9 @@ pub struct Mesh {
     pub max_hops: u32,
     /// Most pending tasks in one capability queue.
     pub queue_depth: u64,
+    /// CA certificates `https` outbound requests trust besides the public web's roots
+    /// (`[mesh] ca_certs`, a PEM file): a private CA, or a proxy the operator runs.
+    pub ca_certs: Vec<CertificateDer<'static>>,
 }
 
 /// Default hop budget of a chain.
@@ -271,6 +277,7 @@ impl Mesh {
             routes: Vec::new(),
             max_hops: DEFAULT_MAX_HOPS,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            ca_certs: Vec::new(),
         }
     }
 }
@@ -286,19 +293,20 @@ impl Mesh {
             message: format!("cannot read the manifest: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Mesh::parse(&file, &text, |component| {
-            let resolved = base.join(component);
+        Mesh::parse(&file, &text, |named| {
+            let resolved = base.join(named);
             std::fs::read(&resolved).map_err(|e| {
                 format!(
-                    "cannot read component `{}` (resolved to `{}`): {e}",
-                    component.display(),
+                    "cannot read `{}` (resolved to `{}`): {e}",
+                    named.display(),
                     resolved.display()
                 )
             })
         })
     }
 
-    /// Validate manifest `text`, reading components through `read`.
+    /// Validate manifest `text`, reading the files it names (components, `ca_certs`)
+    /// through `read`.
     pub fn parse(
         file: &str,
         text: &str,
@@ -399,12 +407,22 @@ impl Mesh {
             });
         }
 
+        let ca_certs = match &raw.mesh.ca_certs {
+            Some(path) => {
+                let here = |m: String| err(None, Some("mesh.ca_certs"), m);
+                let pem = read(path).map_err(here)?;
+                crate::outbound::trust_anchors(&pem)
+                    .map_err(|m| here(format!("`{}` {m}", path.display())))?
+            }
+            None => Vec::new(),
+        };
         let mesh = Mesh {
             file: file.to_string(),
             agents,
             routes: raw.route,
             max_hops: raw.mesh.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
             queue_depth: raw.mesh.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
+            ca_certs,
         };
         if mesh.max_hops == 0 {
             return Err(err(

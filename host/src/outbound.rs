@@ -23,6 +23,10 @@
 //!    value split across body chunks. `content-length` is dropped, since redaction changes
 //!    the length. Redaction matches exact bytes: a server that re-encodes a secret (base64,
 //!    say) is not caught, which is why the rules, not redaction, are the first line.
+//!
+//! `https` requests are sent over TLS checked against the public web's roots and the CA
+//! certificates the mesh trusts besides ([`tls_config`]). A failure to send is logged with
+//! its reason, and the guest gets its `wasi:http` error code.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +39,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt as _;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -277,6 +283,7 @@ pub struct AgentOutbound {
     agent: String,
     rules: Vec<Compiled>,
     redactor: Arc<Redactor>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for AgentOutbound {
@@ -289,13 +296,15 @@ impl std::fmt::Debug for AgentOutbound {
 }
 
 impl AgentOutbound {
-    /// Check `rules` and resolve every secret they name in `vault`. The error names the
-    /// rule's index and field, and the missing secret by name only.
+    /// Check `rules` and resolve every secret they name in `vault`; `https` requests are
+    /// sent under `tls` (see [`tls_config`]). The error names the rule's index and field,
+    /// and the missing secret by name only.
     pub fn new(
         agent: &str,
         rules: &[OutboundRule],
         vault: &Vault,
         redactor: Arc<Redactor>,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, (usize, RuleError)> {
         let mut compiled = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
@@ -356,6 +365,7 @@ impl AgentOutbound {
             agent: agent.to_string(),
             rules: compiled,
             redactor,
+            tls,
         })
     }
 
@@ -365,6 +375,7 @@ impl AgentOutbound {
             agent: agent.to_string(),
             rules: Vec::new(),
             redactor: Arc::new(Redactor::default()),
+            tls: tls_config(&[]),
         }
     }
 
@@ -455,7 +466,7 @@ impl WasiHttpHooks for Outbound {
         }
         let target = rule.target.clone();
         let port = rule.port;
-        let tls = rule.scheme == Scheme::Https;
+        let tls = (rule.scheme == Scheme::Https).then(|| self.rules.tls.clone());
         let redactor = self.rules.redactor.clone();
         let log = self.log.clone();
         Box::new(async move {
@@ -466,7 +477,12 @@ impl WasiHttpHooks for Outbound {
                     return Err(error);
                 }
             };
-            let (response, io) = send(request, addr, tls, options).await?;
+            // The agent gets the error's code; why it failed (which certificate check,
+            // say) goes to its log, for the operator.
+            let (response, io) = send(request, addr, tls, options).await.map_err(|e| {
+                note(&log, format!("outbound request failed: {what}: {e}"));
+                for_guest(e)
+            })?;
             let response = redact_response(response, &redactor);
             Ok((response, io))
         })
@@ -540,20 +556,62 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            Arc::new(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        })
-        .clone()
+/// The TLS client configuration of `https` requests: the public web's roots
+/// (webpki-roots), and `extra`, the CA certificates the mesh trusts besides (see
+/// [`trust_anchors`]).
+pub fn tls_config(extra: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
+    static PUBLIC: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let build = |extra: &[CertificateDer<'static>]| {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        // `trust_anchors` checked each of them already.
+        roots.add_parsable_certificates(extra.iter().cloned());
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    };
+    if extra.is_empty() {
+        PUBLIC.get_or_init(|| build(&[])).clone()
+    } else {
+        build(extra)
+    }
+}
+
+/// The CA certificates in `pem`, each one checked to be usable as a trust anchor. The
+/// error says which certificate is wrong and why; it does not name the file, which the
+/// caller does.
+pub fn trust_anchors(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut certs = Vec::new();
+    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let cert = cert.map_err(|e| format!("PEM block {} does not parse: {e}", i + 1))?;
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err("holds no PEM `CERTIFICATE` block".into());
+    }
+    Ok(certs)
+}
+
+/// `e` as the guest gets it: a certificate the host does not trust is the
+/// `TLS-certificate-error` it is, not any failed handshake's `TLS-protocol-error`.
+fn for_guest(e: Error) -> Error {
+    match e {
+        Error::Tls(io)
+            if io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_))) =>
+        {
+            Error::TlsCertificateError
+        }
+        other => other,
+    }
 }
 
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
@@ -561,11 +619,11 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> S
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
-/// Send `request` to `addr` over HTTP/1.1, through TLS when `tls`.
+/// Send `request` to `addr` over HTTP/1.1, through TLS under `tls` if given.
 async fn send(
     mut request: Request<WasiBody>,
     addr: SocketAddr,
-    tls: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
     options: Option<RequestOptions>,
 ) -> Result<(Response<hyper::body::Incoming>, IoFuture), Error> {
     let connect_timeout = options
@@ -578,7 +636,7 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(Error::Connect)?;
-    let stream: Box<dyn Stream> = if tls {
+    let stream: Box<dyn Stream> = if let Some(tls) = tls {
         let host = request.uri().host().unwrap_or_default();
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let name = match bare.parse::<IpAddr>() {
@@ -586,7 +644,7 @@ async fn send(
             Err(_) => rustls::pki_types::ServerName::try_from(bare.to_string())
                 .map_err(|_| Error::HttpRequestUriInvalid)?,
         };
-        let connector = tokio_rustls::TlsConnector::from(tls_config());
+        let connector = tokio_rustls::TlsConnector::from(tls);
         Box::new(
             tokio::time::timeout(connect_timeout, connector.connect(name, tcp))
                 .await
@@ -891,9 +949,14 @@ mod tests {
         let mut rule = OutboundRule::new(Scheme::Http, "127.0.0.1");
         rule.port = Some(8080);
         rule.path_prefix = "/v1/".into();
-        let rules =
-            AgentOutbound::new("a", &[rule], &Vault::empty(), Arc::new(Redactor::default()))
-                .unwrap();
+        let rules = AgentOutbound::new(
+            "a",
+            &[rule],
+            &Vault::empty(),
+            Arc::new(Redactor::default()),
+            tls_config(&[]),
+        )
+        .unwrap();
         let ok = |u: &str| rules.find(&u.parse().unwrap()).is_ok();
         assert!(ok("http://127.0.0.1:8080/v1/x"));
         assert!(!ok("http://127.0.0.1:8081/v1/x"));

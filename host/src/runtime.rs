@@ -424,6 +424,7 @@ impl Host {
 
         let mut http_linkers: HashMap<Policy, Linker<Activation>> = HashMap::new();
         let redactor = Arc::new(Redactor::new(vault));
+        let tls = crate::outbound::tls_config(&mesh.ca_certs);
 
         let mut agents = HashMap::new();
         let mut policies = HashMap::new();
@@ -432,13 +433,19 @@ impl Host {
         let mut compiled: HashMap<Vec<u8>, Component> = HashMap::new();
         let mut disk = crate::compiled::Cache::new(&engine, state);
         for spec in &mesh.agents {
-            let outbound = AgentOutbound::new(&spec.id, &spec.outbound, vault, redactor.clone())
-                .map_err(|(i, (field, message))| ManifestError {
-                    file: mesh.file.clone(),
-                    agent: Some(spec.id.clone()),
-                    field: Some(format!("outbound[{i}].{field}")),
-                    message,
-                })?;
+            let outbound = AgentOutbound::new(
+                &spec.id,
+                &spec.outbound,
+                vault,
+                redactor.clone(),
+                tls.clone(),
+            )
+            .map_err(|(i, (field, message))| ManifestError {
+                file: mesh.file.clone(),
+                agent: Some(spec.id.clone()),
+                field: Some(format!("outbound[{i}].{field}")),
+                message,
+            })?;
             let granted = Granted {
                 http: !spec.outbound.is_empty(),
             };

@@ -1,7 +1,8 @@
 //! What the outbound tests share: a tiny HTTP/1.1 server on `127.0.0.1:0` that records
 //! every request it gets and echoes the request's headers back (as `x-echo-<name>`
 //! response headers and, line by line, in a chunked body that splits every line across
-//! chunks), and meshes of the `fetcher` agent written as real `mesh.toml` text.
+//! chunks), over plain TCP or over TLS with a certificate from a CA made for the test;
+//! and meshes of the `fetcher` agent written as real `mesh.toml` text.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,9 +41,51 @@ impl Received {
     }
 }
 
+/// A certificate authority made for one test, and a server certificate it signed for
+/// `127.0.0.1`.
+pub struct TestCa {
+    /// The CA's certificate, PEM: what a mesh's `ca_certs` file holds.
+    pub pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    /// A fresh CA called `name`, and its server certificate.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        TestCa {
+            pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
 /// The recording echo server; it stops when dropped.
 pub struct Server {
     pub addr: SocketAddr,
+    scheme: &'static str,
     received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
 }
@@ -50,8 +93,19 @@ pub struct Server {
 impl Server {
     /// Start a server on a fresh port of 127.0.0.1.
     pub fn start() -> Server {
+        Server::listen(None)
+    }
+
+    /// Start a server on a fresh port of 127.0.0.1 that speaks TLS only, with the
+    /// server certificate of `ca`.
+    pub fn start_tls(ca: &TestCa) -> Server {
+        Server::listen(Some(ca.server.clone()))
+    }
+
+    fn listen(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log, flag) = (received.clone(), stop.clone());
@@ -61,14 +115,22 @@ impl Server {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let log = log.clone();
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let (log, tls) = (log.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &log);
+                    // A failed handshake ends here, before anything is recorded.
+                    let _ = match tls {
+                        Some(config) => rustls::ServerConnection::new(config)
+                            .map_err(std::io::Error::other)
+                            .and_then(|c| serve(rustls::StreamOwned::new(c, conn), &log)),
+                        None => serve(conn, &log),
+                    };
                 });
             }
         });
         Server {
             addr,
+            scheme,
             received,
             stop,
         }
@@ -79,9 +141,9 @@ impl Server {
         self.addr.port()
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>`, or `https://` for a TLS server.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// Every request received so far.
@@ -98,9 +160,8 @@ impl Drop for Server {
     }
 }
 
-fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+fn serve(conn: impl Read + Write, log: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -148,7 +209,8 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) -> std::io::Result<()> {
         body,
     });
 
-    let mut conn = conn;
+    // The request was read whole: nothing the buffer holds is lost.
+    let conn = reader.get_mut();
     let mut head = String::from("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n");
     for (n, v) in &headers {
         if !["host", "content-length", "transfer-encoding", "connection"].contains(&n.as_str()) {
@@ -183,8 +245,17 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) -> std::io::Result<()> {
 /// A mesh from manifest `text`: `fetcher.wasm` is the fetcher agent, and the demo pair
 /// (`researcher.wasm`, `writer.wasm`) is there to show the host lives on.
 pub fn mesh(text: &str) -> Mesh {
+    mesh_with(text, &[])
+}
+
+/// [`mesh`], with `files` (name, contents) beside the manifest too.
+pub fn mesh_with(text: &str, files: &[(&str, &[u8])]) -> Mesh {
     Mesh::parse("test.toml", text, |path| {
-        Ok(match path.to_str().unwrap() {
+        let path = path.to_str().unwrap();
+        if let Some((_, bytes)) = files.iter().find(|(name, _)| *name == path) {
+            return Ok(bytes.to_vec());
+        }
+        Ok(match path {
             "fetcher.wasm" => baton_artifacts::fetcher::WASM,
             "researcher.wasm" => baton_artifacts::researcher::WASM,
             "writer.wasm" => baton_artifacts::writer::WASM,

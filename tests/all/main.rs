@@ -26,6 +26,7 @@ mod limits_payload;
 mod limits_stack;
 mod manifest_errors;
 mod outbound_denied;
+mod outbound_https;
 mod outbound_private;
 mod pattern_pull;
 mod pattern_push;
