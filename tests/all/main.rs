@@ -4,6 +4,7 @@
 mod common;
 mod http_fixture;
 
+mod audit_fault;
 mod audit_log;
 mod compiled_cache;
 #[cfg(unix)]
