@@ -151,6 +151,16 @@ impl Backend for FailingAudits {
     }
 }
 
+/// Submit the research chain and run it to its end.
+async fn research(host: &Host) -> Committed {
+    let kelp = br#"{"topic":"kelp"}"#.to_vec();
+    let submitted = host
+        .submit("researcher", "research kelp", Some(kelp), vec![])
+        .unwrap();
+    host.run_until_idle().await.unwrap();
+    submitted
+}
+
 #[tokio::test]
 async fn a_read_the_host_could_not_audit_fails_its_task_and_stores_nothing_of_it() {
     let state = tempfile::tempdir().unwrap();
@@ -165,15 +175,7 @@ async fn a_read_the_host_could_not_audit_fails_its_task_and_stores_nothing_of_it
     })
     .unwrap();
 
-    let first = host
-        .submit(
-            "researcher",
-            "research kelp",
-            Some(br#"{"topic":"kelp"}"#.to_vec()),
-            vec![],
-        )
-        .unwrap();
-    host.run_until_idle().await.unwrap();
+    let first = research(&host).await;
 
     // The researcher's reads were audited, and it handed off; the writer read the
     // findings, but that read's audit failed, so its activation counts for nothing.
@@ -215,15 +217,7 @@ async fn a_read_the_host_could_not_audit_fails_its_task_and_stores_nothing_of_it
 
     // The host lives: once the store takes audits again, the same chain completes.
     backend.failing.store(false, Ordering::SeqCst);
-    let second = host
-        .submit(
-            "researcher",
-            "research kelp",
-            Some(br#"{"topic":"kelp"}"#.to_vec()),
-            vec![],
-        )
-        .unwrap();
-    host.run_until_idle().await.unwrap();
+    let second = research(&host).await;
     let report = baton::Report::for_task(host.store(), &second.task)
         .unwrap()
         .unwrap();

@@ -777,14 +777,21 @@ fn finish_failed(txn: &Tx<'_>, task: &mut TaskRecord, now: u64) -> Result<(), St
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
 
     use super::*;
 
-    fn work(from: &str, parent: Option<TaskRecord>, to: &str, nth: Option<u32>) -> NewHandoff {
+    /// A blackboard hand-off from `from` to `to` carrying `{}`, the `nth` its caller's
+    /// activation made (`parent`'s).
+    pub(in crate::store) fn work(
+        from: &str,
+        parent: Option<TaskRecord>,
+        to: &str,
+        nth: Option<u32>,
+    ) -> NewHandoff {
         NewHandoff {
             from: from.into(),
             parent,

@@ -240,41 +240,25 @@ mod tests {
 
     use super::*;
     use crate::manifest::OPERATOR;
+    use crate::store::queue::tests::work;
     use crate::store::{NewHandoff, Pick};
-
-    fn handoff(from: &str, parent: Option<TaskRecord>, to: &str, pattern: Pattern) -> NewHandoff {
-        NewHandoff {
-            from: from.into(),
-            parent,
-            to: to.into(),
-            route: None,
-            kind: Kind::Work,
-            summary: "draft".into(),
-            completed: Vec::new(),
-            outstanding: Vec::new(),
-            params: Vec::new(),
-            pattern,
-            data: None,
-            deadline_ms: 30_000,
-            fallback: Fallback::None,
-            reply: false,
-            in_reply_to: None,
-            pointer: None,
-            inbox_depth: 100,
-            nth: Some(0),
-        }
-    }
 
     /// A store with one running task of agent `w`, which opened an empty stream to `r`
     /// as its first hand-off: the task, and the writer of that stream.
     fn writing(store: &Store) -> (TaskRecord, StreamWriter) {
-        let mut root = handoff(OPERATOR, None, "w", Pattern::Blackboard);
-        root.nth = None;
-        store.hand_off(root).wait().unwrap().unwrap();
+        store
+            .hand_off(work(OPERATOR, None, "w", None))
+            .wait()
+            .unwrap()
+            .unwrap();
         let only_w: Pick = Arc::new(|t, _, _| (t == "w").then(|| t.to_string()));
         let task = store.claim_ready(1, only_w).wait().unwrap().pop().unwrap();
         let opened = store
-            .hand_off(handoff("w", Some(task.clone()), "r", Pattern::Stream))
+            .hand_off(NewHandoff {
+                pattern: Pattern::Stream,
+                data: None,
+                ..work("w", Some(task.clone()), "r", Some(0))
+            })
             .wait()
             .unwrap()
             .unwrap();
@@ -366,10 +350,7 @@ mod tests {
             )))
         );
         let plain = store
-            .hand_off(NewHandoff {
-                nth: Some(1),
-                ..handoff("w", Some(task), "r", Pattern::Blackboard)
-            })
+            .hand_off(work("w", Some(task), "r", Some(1)))
             .wait()
             .unwrap()
             .unwrap();
