@@ -1,7 +1,8 @@
 //! Guarantee: a host killed with SIGKILL at any moment loses nothing it acknowledged.
 //! Restarted on the same state, it redelivers what the dead host had claimed but not
 //! finished, and every acknowledged submission's chain completes exactly once: one task
-//! and one hand-off per hop, one version of each outcome, a whole audit chain.
+//! and one hand-off per hop, one version of each outcome, each chunk of a stream once and
+//! in order, a whole audit chain.
 //!
 //! The host runs in `crash_driver` (`tests/src/bin/`), killed after a random time; the
 //! delays come from a seed printed with every failure. Set `BATON_CRASH_SEED` to replay
@@ -23,6 +24,8 @@ use serde_json::Value;
 const KILLS: u32 = 6;
 /// The range of that time, in ms, counted from the end of the driver's load.
 const RUN_MS: (u64, u64) = (80, 600);
+/// Chunks of each stream the driver's streamer writes.
+const CHUNKS: i64 = 3;
 /// Longest wait for a driver to load, or to finish.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -68,18 +71,22 @@ fn acknowledged_work_survives_sigkill_and_completes_exactly_once() {
         finish.stderr()
     );
 
-    let replayed: usize = ["researcher", "bouncer"]
-        .iter()
-        .map(|agent| {
-            let log = state.path().join(format!("logs/{agent}.log"));
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            log.matches("was made by an earlier delivery").count()
-        })
-        .sum();
+    let replays = |what: &str| -> usize {
+        ["researcher", "bouncer", "streamer"]
+            .iter()
+            .map(|agent| {
+                let log = state.path().join(format!("logs/{agent}.log"));
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                log.matches(what).count()
+            })
+            .sum()
+    };
     let summary = format!(
         "{ctx}: {KILLS} kills, {} submissions acknowledged, {recovered:?} tasks redelivered at each load, \
-         {replayed} hand-offs replayed, {:.1} s",
+         {} hand-offs and {} stream chunks replayed, {:.1} s",
         acked.len(),
+        replays("was made by an earlier delivery"),
+        replays("was written by an earlier delivery"),
         started.elapsed().as_secs_f64()
     );
     eprintln!("crash_sigkill: {summary}");
@@ -106,7 +113,14 @@ fn check_store(state: &Path, acked: &[(String, String)], ctx: &str) {
     for t in &tasks {
         assert_eq!(t.status, Status::Completed, "{ctx}: {t:?}");
     }
-    for inbox in ["researcher", "writer", "bouncer", "summarizer"] {
+    for inbox in [
+        "researcher",
+        "writer",
+        "bouncer",
+        "summarizer",
+        "streamer",
+        "reader",
+    ] {
         assert_eq!(store.inbox_depth(inbox).unwrap(), 0, "{ctx}: {inbox}");
     }
 
@@ -168,13 +182,15 @@ fn check_store(state: &Path, acked: &[(String, String)], ctx: &str) {
     assert_eq!(audited, created, "{ctx}: one audited hand-off per task");
 }
 
-/// The chain of the submission `root`: operator → researcher → writer, or operator →
-/// bouncer → summarizer; each hop made once, each outcome written once, the first naming
-/// the second task, the last about `marker`.
+/// The chain of the submission `root`: operator → researcher → writer, operator →
+/// bouncer → summarizer, or operator → streamer → reader; each hop made once, each
+/// outcome written once, the first naming the second task (or its stream), the last
+/// about `marker` (or the whole stream).
 fn check_chain(store: &Store, root: &TaskRecord, marker: &str, ctx: &str) {
     let (second, names_task, about, expected) = match root.to.as_str() {
         "researcher" => ("writer", "task", "title", format!("Notes on {marker}")),
         "bouncer" => ("summarizer", "forwarded", "summary", marker.to_uppercase()),
+        "streamer" => ("reader", "stream", "text", stream_text(CHUNKS)),
         other => panic!("{ctx}: a submission to `{other}`"),
     };
     let chain = store.chain(&root.id).unwrap();
@@ -196,9 +212,32 @@ fn check_chain(store: &Store, root: &TaskRecord, marker: &str, ctx: &str) {
     assert_eq!(last.handoff, chain.handoffs[1].id, "{ctx}: {marker}");
 
     let first = only_version(store, root, ctx);
-    assert_eq!(first[names_task], last.id.as_str(), "{ctx}: {first}");
     let outcome = only_version(store, last, ctx);
     assert_eq!(outcome[about], expected.as_str(), "{ctx}: {outcome}");
+    if second != "reader" {
+        assert_eq!(first[names_task], last.id.as_str(), "{ctx}: {first}");
+        return;
+    }
+    // Each chunk was written once, in order, however many deliveries wrote the stream.
+    let key = chain.handoffs[1].key.as_deref().unwrap();
+    assert_eq!(first[names_task], key, "{ctx}: {first}");
+    let chunks: Vec<Value> = store
+        .history(key)
+        .unwrap()
+        .iter()
+        .map(|e| value(&e.value))
+        .collect();
+    let written: Vec<i64> = chunks.iter().map(|c| c["n"].as_i64().unwrap()).collect();
+    assert_eq!(written, (0..CHUNKS).collect::<Vec<_>>(), "{ctx}: {marker}");
+    let stream = store.stream(key).unwrap().unwrap();
+    assert!(stream.closed, "{ctx}: {marker}: {stream:?}");
+    assert_eq!(outcome["chunks"], CHUNKS, "{ctx}: {outcome}");
+}
+
+/// What the reader makes of a whole stream of `chunks` chunks.
+fn stream_text(chunks: i64) -> String {
+    let parts: Vec<String> = (0..chunks).map(|n| format!("paragraph {n}")).collect();
+    parts.join(" / ")
 }
 
 /// The outcome of `task`, which must have been written exactly once.

@@ -25,7 +25,17 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 const BACKLOG: u64 = 8;
 
 /// The agents of [`mesh`].
-const AGENTS: [&str; 4] = ["researcher", "writer", "bouncer", "summarizer"];
+const AGENTS: [&str; 6] = [
+    "researcher",
+    "writer",
+    "bouncer",
+    "summarizer",
+    "streamer",
+    "reader",
+];
+
+/// Chunks each stream of the streaming chain carries (`crash_sigkill` checks as many).
+const CHUNKS: i64 = 3;
 
 /// A driver nobody kills stops by itself, so a failed test leaves no process behind.
 const LIFETIME: Duration = Duration::from_secs(60);
@@ -47,10 +57,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Two chains, submitted in turn. The demo pair: the researcher hands a topic's findings
-/// to the writer, who reads them from the blackboard and writes the article. And a
+/// Three chains, submitted in turn. The demo pair: the researcher hands a topic's
+/// findings to the writer, who reads them from the blackboard and writes the article. A
 /// bouncer forwarding a text to summarizers that take 20 ms a task, as a model call
-/// would, so that a kill almost always finds a task mid-run.
+/// would, so that a kill almost always finds a task mid-run. And a streamer writing
+/// [`CHUNKS`] chunks, 30 ms apart, to a reader that reads them as they come, so that a
+/// kill often finds a stream half written.
 fn mesh() -> Mesh {
     let agent = |id: &str, wasm: &'static [u8], handoff: &[&str]| {
         let mut a = AgentSpec::new(id, format!("{id}.wasm"), wasm.into());
@@ -59,6 +71,10 @@ fn mesh() -> Mesh {
     };
     let mut summarizer = agent("summarizer", baton_artifacts::summarizer::WASM, &[]);
     summarizer.limits.concurrency = 3;
+    let mut streamer = agent("streamer", baton_artifacts::streamer::WASM, &["reader"]);
+    streamer.limits.concurrency = 3;
+    let mut reader = agent("reader", baton_artifacts::reader::WASM, &[]);
+    reader.limits.concurrency = 3;
     Mesh::new(
         "crash.toml",
         vec![
@@ -66,20 +82,31 @@ fn mesh() -> Mesh {
             agent("writer", baton_artifacts::writer::WASM, &[]),
             agent("bouncer", baton_artifacts::bouncer::WASM, &["summarizer"]),
             summarizer,
+            streamer,
+            reader,
         ],
     )
 }
 
 /// The `n`-th submission: its agent, data and params.
 fn work(n: u64, marker: &str) -> (&'static str, serde_json::Value, Vec<Param>) {
-    if n.is_multiple_of(2) {
-        ("researcher", json!({ "topic": marker }), Vec::new())
-    } else {
-        let next = Param {
-            name: "next".into(),
-            value: ParamValue::Text("summarizer".into()),
-        };
-        ("bouncer", json!({ "part": n, "text": marker }), vec![next])
+    match n % 3 {
+        0 => ("researcher", json!({ "topic": marker }), Vec::new()),
+        1 => {
+            let next = Param {
+                name: "next".into(),
+                value: ParamValue::Text("summarizer".into()),
+            };
+            ("bouncer", json!({ "part": n, "text": marker }), vec![next])
+        }
+        // The streamer writes the same chunks whatever its data; the marker names the chain.
+        _ => {
+            let chunks = Param {
+                name: "chunks".into(),
+                value: ParamValue::Integer(CHUNKS),
+            };
+            ("streamer", json!({ "text": marker }), vec![chunks])
+        }
     }
 }
 
