@@ -113,15 +113,25 @@ impl Shared {
         }
     }
 
-    /// A receiver that fires when task `id` may have ended (see [`Shared::task_ended`]).
-    pub fn on_end(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
+    /// A future that resolves when task `id` may have ended (see [`Shared::task_ended`]).
+    pub fn on_end(&self, id: &str) -> EndWait<'_> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         let waiters = ended.entry(id.to_string()).or_default();
         // Drop the registrations of waiters that gave up.
         waiters.retain(|w| !w.is_closed());
         waiters.push(tx);
-        rx
+        EndWait {
+            shared: self,
+            id: id.to_string(),
+            rx,
+        }
+    }
+
+    /// How many tasks someone waits on, for tests.
+    #[cfg(test)]
+    pub fn end_waits(&self) -> usize {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Wake whoever waits for task `id`: it reached a final state, or changed state.
@@ -188,6 +198,42 @@ pub struct OpenStream {
     pub written: u64,
     /// Whether this activation closed it.
     pub closed: bool,
+}
+
+/// A wait for a task's end, registered with [`Shared::on_end`]. Dropped, it takes its
+/// registration back: a waiter that finds the task already ended, or gives up, would
+/// otherwise leave it in the map for the life of the host, since the end it waited for
+/// was announced before it registered (about 250 bytes per task a client waited on).
+pub struct EndWait<'a> {
+    shared: &'a Shared,
+    id: String,
+    rx: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Future for EndWait<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // Only `task_ended` drops a sender, right after it sends: either answer means
+        // the task may have ended.
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|_| ())
+    }
+}
+
+impl Drop for EndWait<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut ended = self.shared.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiters) = ended.get_mut(&self.id) {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                ended.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// Queued audit records of reads, not yet waited for.

@@ -733,10 +733,14 @@ impl Host {
                     let (roster, running) = (self.inner.roster.clone(), running.clone());
                     Arc::new(move |t, avoid, picked| roster.pick(t, avoid, &running, picked))
                 };
-                let claimed = shared
-                    .store
-                    .claim_ready(self.workers - set.len(), pick)
-                    .await?;
+                let free = self.workers - set.len();
+                // Most looks find nothing new (every activation's end wakes this loop);
+                // a read says so without queueing an empty claim on the writer thread.
+                let claimed = if shared.store.claimable(free, &*pick)? {
+                    shared.store.claim_ready(free, pick).await?
+                } else {
+                    Vec::new()
+                };
                 for task in claimed {
                     let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
                     *running.entry(agent.clone()).or_default() += 1;
@@ -1062,5 +1066,54 @@ fn trap_reason(e: &wasmtime::Error) -> String {
                 .collect();
             format!("trap: {}", chain.join(": "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Waiting for a task's end leaves nothing behind, however the wait ends: a host that
+    //! clients keep asking must not grow with every task they asked about.
+
+    use std::time::Duration;
+
+    use super::Host;
+    use crate::manifest::{AgentSpec, Mesh};
+    use crate::store::{Pattern, Status};
+
+    #[tokio::test]
+    async fn a_wait_for_a_task_takes_its_registration_back_however_it_ends() {
+        let state = tempfile::tempdir().unwrap();
+        let echo = AgentSpec::new("echo", "echo.wasm", baton_artifacts::echo::WASM.into());
+        let host = Host::load(&Mesh::new("<test>", vec![echo]), state.path()).unwrap();
+        let submit = async |summary: &str| {
+            let data = br#"{"title":"t"}"#.to_vec();
+            let c = host.submit_async("echo", summary, Some(data), vec![], Pattern::Push);
+            c.await.unwrap().task
+        };
+
+        // The task ended before anyone asked.
+        let early = submit("early").await;
+        host.run_until_idle().await.unwrap();
+        let done = host
+            .finished(&early, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(done.unwrap().status, Status::Completed);
+
+        // The task ends while someone waits.
+        let late = submit("late").await;
+        let (done, ran) = tokio::join!(
+            host.finished(&late, Duration::from_secs(30)),
+            host.run_until_idle()
+        );
+        assert_eq!(ran.unwrap(), 1);
+        assert_eq!(done.unwrap().unwrap().status, Status::Completed);
+
+        // Nobody runs the task, and the waiter gives up.
+        let never = submit("never").await;
+        let done = host.finished(&never, Duration::from_millis(20)).await;
+        assert!(done.unwrap().is_none());
+
+        assert_eq!(host.inner.shared.end_waits(), 0);
     }
 }

@@ -17,6 +17,7 @@ mod fallback;
 mod fan_out;
 mod handoff_once;
 mod handoff_targets;
+mod idle_host;
 mod isolation_imports;
 mod isolation_keys;
 mod lease_redelivery;

@@ -201,6 +201,15 @@ impl Store {
         })
     }
 
+    /// Whether [`Store::claim_ready`] would claim anything now, read without a write:
+    /// the scheduler asks before it queues a claim, so that a look that finds nothing to
+    /// run costs the writer thread no transaction.
+    pub fn claimable(&self, max: usize, pick: &PickFn) -> Result<bool, StoreError> {
+        use redb::ReadableDatabase as _;
+        let txn = self.db.begin_read()?;
+        Ok(!choose(&txn.open_table(READY)?, max.min(1), pick, now_ms())?.is_empty())
+    }
+
     /// Whether any task is ready but waiting for its backoff to pass.
     pub fn has_delayed(&self) -> Result<bool, StoreError> {
         use redb::ReadableDatabase as _;
@@ -217,37 +226,49 @@ impl Store {
     }
 }
 
+/// Tasks a claim takes: each one's queue place, target and id, and the agent picked to
+/// run it.
+type Chosen = Vec<((u64, String, String), String)>;
+
+/// The tasks of `ready` a claim of at most `max` would take at `now`, oldest first.
+fn choose(
+    ready: &impl ReadableTable<u64, &'static str>,
+    max: usize,
+    pick: &PickFn,
+    now: u64,
+) -> Result<Chosen, StoreError> {
+    let mut chosen: Vec<(u64, String, String)> = Vec::new();
+    let mut picked: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    for row in ready.iter()? {
+        if chosen.len() >= max {
+            break;
+        }
+        let (seq, v) = row?;
+        let entry = parse_ready(v.value())?;
+        if entry.not_before > now || refused.iter().any(|r| r == entry.target) {
+            continue;
+        }
+        match pick(entry.target, &entry.avoid, &picked) {
+            Some(agent) => {
+                chosen.push((seq.value(), entry.target.into(), entry.task.into()));
+                picked.push(agent);
+            }
+            // Tasks with workers to avoid may still go to others; only a plain
+            // refusal means the whole target is busy.
+            None if entry.avoid.is_empty() => refused.push(entry.target.to_string()),
+            None => {}
+        }
+    }
+    Ok(chosen.into_iter().zip(picked).collect())
+}
+
 /// The body of [`Store::claim_ready`].
 fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRecord>, StoreError> {
     let now = now_ms();
-    let mut chosen: Vec<(u64, String, String)> = Vec::new();
-    let mut picked: Vec<String> = Vec::new();
-    {
-        let ready = txn.open_table(READY)?;
-        let mut refused: Vec<String> = Vec::new();
-        for row in ready.iter()? {
-            if chosen.len() >= max {
-                break;
-            }
-            let (seq, v) = row?;
-            let entry = parse_ready(v.value())?;
-            if entry.not_before > now || refused.iter().any(|r| r == entry.target) {
-                continue;
-            }
-            match pick(entry.target, &entry.avoid, &picked) {
-                Some(agent) => {
-                    chosen.push((seq.value(), entry.target.into(), entry.task.into()));
-                    picked.push(agent);
-                }
-                // Tasks with workers to avoid may still go to others; only a plain
-                // refusal means the whole target is busy.
-                None if entry.avoid.is_empty() => refused.push(entry.target.to_string()),
-                None => {}
-            }
-        }
-    }
+    let chosen = choose(&*txn.open_table(READY)?, max, pick, now)?;
     let mut claimed = Vec::with_capacity(chosen.len());
-    for ((seq, target, tid), agent) in chosen.into_iter().zip(picked) {
+    for ((seq, target, tid), agent) in chosen {
         txn.open_table(READY)?.remove(seq)?;
         txn.open_table(INBOX)?.remove((target.as_str(), seq))?;
         let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
