@@ -152,6 +152,43 @@ pub async fn assert_demo_chain_completes(host: &Host) {
     );
 }
 
+/// Submit a researcher → writer chain on `topic` to a host that is serving, wait until
+/// each of its tasks has completed, and return them, the researcher's first.
+pub async fn serve_research_chain(host: &Host, topic: &str) -> Vec<String> {
+    let data = serde_json::to_vec(&json!({ "topic": topic })).unwrap();
+    let submitted = host
+        .submit_async(
+            "researcher",
+            "research",
+            Some(data),
+            vec![],
+            baton::store::Pattern::Blackboard,
+        )
+        .await
+        .unwrap();
+    completes(host, &submitted.task).await;
+    // The writer's task exists once the researcher's hand-off committed.
+    let report = Report::for_task(host.store(), &submitted.task)
+        .unwrap()
+        .unwrap();
+    let mut tasks = vec![submitted.task];
+    for h in report.handoffs {
+        completes(host, &h.task).await;
+        tasks.push(h.task);
+    }
+    tasks
+}
+
+/// Wait for `task` to end, and check it completed.
+pub async fn completes(host: &Host, task: &str) {
+    let done = host
+        .finished(task, std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("task {task} did not end within 30 s"));
+    assert_eq!(done.status, Status::Completed, "{done:?}");
+}
+
 /// A flag parameter.
 pub fn flag(name: &str, value: bool) -> Param {
     Param {

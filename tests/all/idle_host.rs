@@ -6,43 +6,9 @@
 use std::time::Duration;
 
 use baton::Host;
-use baton::store::{Pattern, Status};
-use serde_json::json;
+use baton::store::Status;
 
-use crate::common::research_mesh;
-
-/// Submit a researcher → writer chain and wait until both of its tasks have ended;
-/// returns them.
-async fn chain(host: &Host, topic: &str) -> Vec<String> {
-    let data = serde_json::to_vec(&json!({ "topic": topic })).unwrap();
-    let c = host
-        .submit_async(
-            "researcher",
-            "research",
-            Some(data),
-            vec![],
-            Pattern::Blackboard,
-        )
-        .await
-        .unwrap();
-    let mut tasks = vec![c.task.clone()];
-    ended(host, &c.task).await;
-    let report = baton::Report::for_task(host.store(), &c.task)
-        .unwrap()
-        .unwrap();
-    for h in &report.handoffs {
-        ended(host, &h.task).await;
-        tasks.push(h.task.clone());
-    }
-    tasks
-}
-
-async fn ended(host: &Host, task: &str) {
-    host.finished(task, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("task {task} did not end within 30 s"));
-}
+use crate::common::{research_mesh, serve_research_chain};
 
 #[tokio::test]
 async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next() {
@@ -53,7 +19,7 @@ async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next(
         let host = host.clone();
         tokio::spawn(async move { host.serve(async { stopped.await.unwrap() }).await })
     };
-    let mut tasks = chain(&host, "before the pause").await;
+    let mut tasks = serve_research_chain(&host, "before the pause").await;
 
     let log = state.path().join(baton::store::WAL_FILE);
     let size = || std::fs::metadata(&log).unwrap().len();
@@ -67,7 +33,7 @@ async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next(
         log.display()
     );
 
-    tasks.extend(chain(&host, "after the pause").await);
+    tasks.extend(serve_research_chain(&host, "after the pause").await);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert_eq!(tasks.len(), 4, "{tasks:?}");

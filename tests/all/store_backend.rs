@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use baton::store::{Backend, CommitPolicy, Pattern, Status};
+use baton::store::{Backend, CommitPolicy};
 use baton::{Host, Store, Vault};
-use serde_json::json;
 
-use crate::common::research_mesh;
+use crate::common::{research_mesh, serve_research_chain};
 
 /// Submit `n` researcher → writer chains from `n` concurrent clients and serve them until
 /// every chain has ended; returns the submitted task ids.
@@ -23,27 +22,9 @@ async fn run_concurrently(host: &Host, n: usize) -> Vec<String> {
     for i in 0..n {
         let host = host.clone();
         clients.spawn(async move {
-            let data = serde_json::to_vec(&json!({ "topic": format!("topic-{i}") })).unwrap();
-            let c = host
-                .submit_async(
-                    "researcher",
-                    "research",
-                    Some(data),
-                    vec![],
-                    Pattern::Blackboard,
-                )
-                .await
-                .unwrap();
-            completes(&host, &c.task).await;
-            // The writer's task was made ready by the researcher's hand-off; the server
-            // stops once every client returns, so each waits for its whole chain.
-            let report = baton::Report::for_task(host.store(), &c.task)
-                .unwrap()
-                .unwrap();
-            for h in &report.handoffs {
-                completes(&host, &h.task).await;
-            }
-            c.task
+            // The server stops once every client returns, so each waits for its whole
+            // chain.
+            serve_research_chain(&host, &format!("topic-{i}")).await[0].clone()
         });
     }
     let mut tasks = Vec::new();
@@ -53,16 +34,6 @@ async fn run_concurrently(host: &Host, n: usize) -> Vec<String> {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     tasks
-}
-
-/// Wait for `task` to end, and check it completed.
-async fn completes(host: &Host, task: &str) {
-    let done = host
-        .finished(task, std::time::Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("task {task} did not end within 30 s"));
-    assert_eq!(done.status, Status::Completed, "{done:?}");
 }
 
 /// Every chain in `tasks` completed in `store`: the writer wrote the researcher's topic.
