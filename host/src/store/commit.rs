@@ -14,7 +14,8 @@
 //!   Nothing is acknowledged before its frame's fsync: the caller of a write waits for
 //!   [`Store::durable`](super::Store::durable) before it tells anyone (the agent's
 //!   receipt, the operator's task id, the activation's end). Every [`CHECKPOINT`] bytes
-//!   of log, the writer makes redb durable and the log starts over.
+//!   of log, and once nothing has been written for [`IDLE`], the writer makes redb
+//!   durable and the log starts over.
 //!
 //! Why one transaction for many writes: redb's cost is mostly per transaction (copying
 //! the pages a write touches, checksums, the commit). Applied together, writes cost about
@@ -35,6 +36,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{Database, Durability};
 use tokio::sync::watch;
@@ -46,6 +48,13 @@ use super::{COUNTERS, StoreError, WriteFuture};
 /// on what a restart redoes, and on the pages redb holds unsynced. Unit tests checkpoint
 /// every 64 KiB, so a few dozen writes cross several checkpoints.
 pub const CHECKPOINT: u64 = if cfg!(test) { 64 << 10 } else { 16 << 20 };
+
+/// Quiet time after which the writer checkpoints whatever the log holds: a host that has
+/// gone quiet then restarts after a crash with no log to redo, and its next burst starts
+/// on an empty log, so a checkpoint under load comes later. Nobody waits on a checkpoint
+/// made while nothing is queued. Unit tests never go quiet for this long: several of
+/// them show what the log holds that redb does not.
+pub const IDLE: Duration = Duration::from_secs(if cfg!(test) { 3600 } else { 1 });
 
 /// How acknowledged writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,11 +422,29 @@ impl Writer {
         loop {
             let (batch, broken) = {
                 let mut p = lock(&state.progress);
-                while p.queue.is_empty() && !p.stop {
-                    p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
+                let mut quiet = false;
+                while p.queue.is_empty() && !p.stop && !quiet {
+                    if self.wal.len() == 0 {
+                        p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
+                    } else {
+                        let (q, waited) = state
+                            .work
+                            .wait_timeout(p, IDLE)
+                            .unwrap_or_else(|e| e.into_inner());
+                        p = q;
+                        quiet = waited.timed_out();
+                    }
                 }
                 if p.queue.is_empty() {
-                    break;
+                    if p.stop {
+                        break;
+                    }
+                    drop(p);
+                    // Quiet: fold the log into redb now, while nobody waits on it. If
+                    // that fails, the log still holds everything, and the next quiet
+                    // spell tries again.
+                    let _ = self.checkpoint();
+                    continue;
                 }
                 (std::mem::take(&mut p.queue), p.broken)
             };
