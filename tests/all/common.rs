@@ -152,6 +152,33 @@ pub async fn assert_demo_chain_completes(host: &Host) {
     );
 }
 
+/// A host serving in the background until [`Serving::stop`].
+pub struct Serving {
+    pub host: Host,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<usize, baton::StoreError>>,
+}
+
+impl Serving {
+    /// Load `mesh` on the state in `state` and serve it with `workers` activations at once.
+    pub fn start(mesh: &Mesh, state: &Path, workers: usize) -> Serving {
+        let host = Host::load(mesh, state).unwrap().with_workers(workers);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = {
+            let host = host.clone();
+            tokio::spawn(async move { host.serve(async { stopped.await.unwrap() }).await })
+        };
+        Serving { host, stop, server }
+    }
+
+    /// Stop serving once the running activations end; returns the host.
+    pub async fn stop(self) -> Host {
+        self.stop.send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+        self.host
+    }
+}
+
 /// Submit a researcher → writer chain on `topic` to a host that is serving, wait until
 /// each of its tasks has completed, and return them, the researcher's first.
 pub async fn serve_research_chain(host: &Host, topic: &str) -> Vec<String> {

@@ -7,21 +7,16 @@
 
 use std::time::Duration;
 
-use baton::Host;
 use baton::store::Status;
 
-use crate::common::{research_mesh, serve_research_chain};
+use crate::common::{Serving, research_mesh, serve_research_chain};
 
 #[tokio::test]
 async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next() {
     let state = tempfile::tempdir().unwrap();
-    let host = Host::load(&research_mesh(), state.path()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = {
-        let host = host.clone();
-        tokio::spawn(async move { host.serve(async { stopped.await.unwrap() }).await })
-    };
-    let mut tasks = serve_research_chain(&host, "before the pause").await;
+    let serving = Serving::start(&research_mesh(), state.path(), 4);
+    let host = &serving.host;
+    let mut tasks = serve_research_chain(host, "before the pause").await;
 
     let log = state.path().join(baton::store::WAL_FILE);
     let size = || std::fs::metadata(&log).unwrap().len();
@@ -36,9 +31,8 @@ async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next(
         size()
     );
 
-    tasks.extend(serve_research_chain(&host, "after the pause").await);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    tasks.extend(serve_research_chain(host, "after the pause").await);
+    let host = serving.stop().await;
     assert_eq!(tasks.len(), 4, "{tasks:?}");
     for t in &tasks {
         let task = host.store().task(t).unwrap().unwrap();
@@ -49,13 +43,9 @@ async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next(
 #[tokio::test]
 async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
     let state = tempfile::tempdir().unwrap();
-    let host = Host::load(&research_mesh(), state.path()).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = {
-        let host = host.clone();
-        tokio::spawn(async move { host.serve(async { stopped.await.unwrap() }).await })
-    };
-    let tasks = serve_research_chain(&host, "then quiet").await;
+    let serving = Serving::start(&research_mesh(), state.path(), 4);
+    let host = &serving.host;
+    let tasks = serve_research_chain(host, "then quiet").await;
 
     let log = state.path().join(baton::store::WAL_FILE);
     // The writer checkpoints after a second of quiet; wait for it, within bounds.
@@ -84,6 +74,5 @@ async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
             .unwrap_or_else(|| panic!("{t} is not in redb"));
         assert_eq!(task.status, Status::Completed, "{task:?}");
     }
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    serving.stop().await;
 }
