@@ -117,10 +117,8 @@ impl Shared {
     pub fn on_end(&self, id: &str) -> EndWait<'_> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        let waiters = ended.entry(id.to_string()).or_default();
-        // Drop the registrations of waiters that gave up.
-        waiters.retain(|w| !w.is_closed());
-        waiters.push(tx);
+        // A waiter that gave up took its registration back (see `EndWait`'s drop).
+        ended.entry(id.to_string()).or_default().push(tx);
         EndWait {
             shared: self,
             id: id.to_string(),

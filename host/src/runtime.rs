@@ -736,7 +736,7 @@ impl Host {
                 let free = self.workers - set.len();
                 // Most looks find nothing new (every activation's end wakes this loop);
                 // a read says so without queueing an empty claim on the writer thread.
-                let claimed = if shared.store.claimable(free, &*pick)? {
+                let claimed = if shared.store.claimable(&*pick)? {
                     shared.store.claim_ready(free, pick).await?
                 } else {
                     Vec::new()

@@ -83,10 +83,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Claim up to `max` ready tasks, oldest first, that `pick` finds agents for (see
     /// [`Store::claim_ready`]).
     fn claim_ready(&self, max: usize, pick: Pick) -> WriteFuture<Vec<TaskRecord>>;
-    /// Whether [`Backend::claim_ready`] would claim anything now. The scheduler asks
+    /// Whether [`Backend::claim_ready`] would claim at least one task now. The scheduler asks
     /// before each claim, so a backend that can tell without a write saves one whenever
     /// nothing is ready; one that cannot says `true`, and the claim finds out.
-    fn claimable(&self, _max: usize, _pick: &PickFn) -> Result<bool, StoreError> {
+    fn claimable(&self, _pick: &PickFn) -> Result<bool, StoreError> {
         Ok(true)
     }
     /// Claim up to `max` pending tasks from `agent`'s inbox for its running task
@@ -200,8 +200,8 @@ impl Backend for Store {
     fn claim_ready(&self, max: usize, pick: Pick) -> WriteFuture<Vec<TaskRecord>> {
         Store::claim_ready(self, max, pick).into_future()
     }
-    fn claimable(&self, max: usize, pick: &PickFn) -> Result<bool, StoreError> {
-        Store::claimable(self, max, pick)
+    fn claimable(&self, pick: &PickFn) -> Result<bool, StoreError> {
+        Store::claimable(self, pick)
     }
     fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>> {
         Store::claim_inbox(self, agent, claimer, max).into_future()

@@ -204,10 +204,10 @@ impl Store {
     /// Whether [`Store::claim_ready`] would claim anything now, read without a write:
     /// the scheduler asks before it queues a claim, so that a look that finds nothing to
     /// run costs the writer thread no transaction.
-    pub fn claimable(&self, max: usize, pick: &PickFn) -> Result<bool, StoreError> {
+    pub fn claimable(&self, pick: &PickFn) -> Result<bool, StoreError> {
         use redb::ReadableDatabase as _;
         let txn = self.db.begin_read()?;
-        Ok(!choose(&txn.open_table(READY)?, max.min(1), pick, now_ms())?.is_empty())
+        Ok(!choose(&txn.open_table(READY)?, 1, pick, now_ms())?.is_empty())
     }
 
     /// Whether any task is ready but waiting for its backoff to pass.
