@@ -2,9 +2,11 @@
 //! durable. The scheduler looks for work whenever it is woken and at least every 25 ms; a
 //! look that finds nothing must not commit an empty claim, which would append to the log
 //! (and so to the disk) forever, 40 times a second. After a second of quiet the writer
-//! folds the log into redb, so `store.redb` alone then holds every task. Work that
-//! arrives after the pause still runs.
+//! folds the log into redb, so `store.redb` alone then holds every task, and a crash
+//! then costs no repair at restart. Work that arrives after the pause still runs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use baton::store::Status;
@@ -59,13 +61,22 @@ async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // What a crash now would leave, minus the log: redb's file alone has the chain.
+    // What a crash now would leave, minus the log: redb's file alone has the chain, and
+    // opens without redb's repair (a walk of the whole file).
     let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        state.path().join(baton::store::STORE_FILE),
-        copy.path().join(baton::store::STORE_FILE),
-    )
-    .unwrap();
+    let file = copy.path().join(baton::store::STORE_FILE);
+    std::fs::copy(state.path().join(baton::store::STORE_FILE), &file).unwrap();
+    let repaired = Arc::new(AtomicBool::new(false));
+    let seen = repaired.clone();
+    let db = redb::Database::builder()
+        .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
+        .create(&file)
+        .unwrap();
+    drop(db);
+    assert!(
+        !repaired.load(Ordering::SeqCst),
+        "redb repaired a store the idle checkpoint had made durable"
+    );
     let store = baton::Store::open(copy.path()).unwrap();
     for t in &tasks {
         let task = store

@@ -643,9 +643,18 @@ fn sync_log(log: &SyncHandle, state: &State) {
 }
 
 /// An empty immediate commit: it writes every unsynced commit before it.
+///
+/// It also records redb's allocator state (quick repair). A host killed after it then
+/// reopens redb by loading that state, instead of redb rebuilding it by walking every
+/// page of the file: measured on a store of 40,000 handoffs, 0.5 ms against 56 to 109
+/// ms, and the walk grows with the store. The record costs a second fsync, once per
+/// checkpoint. Commits under [`CommitPolicy::Immediate`] do not record it: there it
+/// would cost that fsync on every acknowledged write (p50 of a hand-off 0.73 to 0.77 ms
+/// without, 0.90 to 1.12 ms with).
 fn flush(db: &Database) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
+    txn.set_quick_repair(true);
     txn.commit()?;
     Ok(())
 }
@@ -816,8 +825,21 @@ mod tests {
         );
     }
 
+    /// Whether redb repairs the store file in `dir` as it opens it: walks the whole file
+    /// to rebuild its allocator state, which a crash left unrecorded.
+    fn redb_repairs(dir: &std::path::Path) -> bool {
+        let repaired = Arc::new(AtomicBool::new(false));
+        let seen = repaired.clone();
+        redb::Database::builder()
+            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
+            .create(dir.join(crate::store::STORE_FILE))
+            .unwrap();
+        repaired.load(Ordering::SeqCst)
+    }
+
     /// Checkpoints in the middle of a run start the log over while writes go on: a host
-    /// killed after several of them keeps every acknowledged write, from redb or the log.
+    /// killed after several of them keeps every acknowledged write, from redb or the log,
+    /// and redb, last made durable by a checkpoint, opens without a repair.
     #[test]
     fn writes_across_checkpoints_survive_a_kill() {
         const WRITES: usize = 120;
@@ -839,7 +861,12 @@ mod tests {
             "the last writes were checkpointed: nothing to redo"
         );
         let killed = as_killed(dir.path(), true);
+        let redb_alone = as_killed(dir.path(), false);
         drop(store);
+        assert!(
+            !redb_repairs(redb_alone.path()),
+            "redb repaired a file whose last durable commit was a checkpoint"
+        );
         let store = Store::open(killed.path()).unwrap();
         assert_kept(&store, &tasks, "after the kill");
         assert_eq!(store.inbox_depth("writer").unwrap(), WRITES as u64);

@@ -230,8 +230,12 @@ impl Store {
         })?;
         let path = dir.join(STORE_FILE);
         let db = Database::builder().set_cache_size(CACHE).create(&path)?;
-        // Create every table up front so readers never meet a missing one.
-        let txn = db.begin_write()?;
+        // Create every table up front so readers never meet a missing one. Like every
+        // durable commit but an acknowledged one under `CommitPolicy::Immediate`, it
+        // records redb's allocator state, so a host killed before its first checkpoint
+        // still reopens without redb's repair (see `commit::flush`).
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
         macro_rules! create {
             ($($def:ident),*) => {
                 $(txn.open_table($def)?;)*
@@ -428,7 +432,8 @@ fn redo_log(db: &Database, path: &Path) -> Result<(wal::Wal, u64), StoreError> {
         .map_or(0, |v| v.value());
     let (mut log, wal::Unapplied { frames, next }) = wal::Wal::open(path, held)?;
     if !frames.is_empty() {
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
         for payload in &frames {
             let changes = wal::changes(payload).ok_or_else(|| {
                 StoreError::Corrupt(
