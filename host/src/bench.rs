@@ -6,9 +6,12 @@
 //! outcome is committed and on disk. Latencies are of one handoff at a time; rates are
 //! with [`IN_FLIGHT`] handoffs at a time, which is what group commit needs to share
 //! fsyncs. `blackboard_durable` fsyncs every commit; the other handoff figures use the
-//! host's default, group commit.
+//! host's default, group commit. Last, `setup.restart_after_kill` times the reopening of
+//! the store all those handoffs went through, as a kill would leave it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,7 +19,9 @@ use serde_json::json;
 
 use crate::manifest::{AgentSpec, Mesh};
 use crate::runtime::Host;
-use crate::store::{CommitPolicy, Param, ParamValue, Pattern, Status, TaskRecord};
+use crate::store::{
+    CommitPolicy, Param, ParamValue, Pattern, STORE_FILE, Status, Store, TaskRecord, WAL_FILE,
+};
 
 /// Handoffs in flight at once in the handoff measurements.
 pub const IN_FLIGHT: usize = 32;
@@ -155,6 +160,47 @@ async fn handoffs(
     let _ = stop.send(());
     server.await??;
     Ok(latency(sample, total))
+}
+
+/// What a restart costs the host whose state is in `state`, if it were killed now: its
+/// store's files are copied to `scratch` as a kill leaves them (the kernel keeps what
+/// was written) and synced, so that the open then times redb and the log's redo, not
+/// the copy's write-back. redb's file is first opened alone, to learn whether redb had
+/// to repair it (a walk of the whole file). The copies are removed afterwards: after a
+/// full run the store is hundreds of MB.
+fn restart(state: &Path, scratch: &Path) -> anyhow::Result<serde_json::Value> {
+    let copy = |files: &[&str]| -> anyhow::Result<()> {
+        std::fs::create_dir_all(scratch)?;
+        for f in files {
+            let to = scratch.join(f);
+            std::fs::copy(state.join(f), &to)?;
+            std::fs::File::open(&to)?.sync_all()?;
+        }
+        Ok(())
+    };
+    copy(&[STORE_FILE])?;
+    let store_bytes = std::fs::metadata(scratch.join(STORE_FILE))?.len();
+    let repaired = Arc::new(AtomicBool::new(false));
+    let seen = repaired.clone();
+    drop(
+        redb::Database::builder()
+            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
+            .create(scratch.join(STORE_FILE))?,
+    );
+    std::fs::remove_dir_all(scratch)?;
+
+    copy(&[STORE_FILE, WAL_FILE])?;
+    let log_bytes = std::fs::metadata(scratch.join(WAL_FILE))?.len();
+    let started = Instant::now();
+    drop(Store::open(scratch)?);
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    std::fs::remove_dir_all(scratch)?;
+    Ok(json!({
+        "open_ms": open_ms,
+        "log_bytes_redone": log_bytes,
+        "redb_repaired": repaired.load(Ordering::SeqCst),
+        "store_bytes": store_bytes,
+    }))
 }
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat`, in
@@ -362,6 +408,19 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
     // What the process holds once every handoff above has gone through one store: the
     // store's page cache is bounded, so this does not grow with the store.
     let rss_mib_after_handoffs = status_mib("VmRSS");
+    // A restart of that store, were the host killed at once, and after the second of
+    // quiet that lets the writer checkpoint.
+    let state = dir.join("handoffs");
+    let killed_busy = restart(&state, &dir.join("restart-busy"))?;
+    let waited = Instant::now();
+    while std::fs::metadata(state.join(WAL_FILE))?.len() > 0 {
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the idle host did not checkpoint its store in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_quiet = restart(&state, &dir.join("restart-quiet"))?;
 
     Ok(BenchReport {
         activation_us: Activation { p50, p99 },
@@ -385,6 +444,11 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
             "push_pull_policy": "group commit (the host's default)",
             "cpu_us_per_handoff": cpu,
             "rss_mib_after_handoffs": rss_mib_after_handoffs,
+            "restart_after_kill": {
+                "what": "Store::open of the store above (every handoff of this run), its files copied as a kill leaves them: at once, and after the idle checkpoint",
+                "at_once": killed_busy,
+                "after_quiet": killed_quiet,
+            },
             "blackboard_fast_writes_per_fsync": writes_per_fsync,
             "load": format!(
                 "a mesh of the heavy agent ({:.1} MiB component): cold = first load, compiled by cranelift into an empty state directory; cached = loads of the same mesh in the same state directory after the host is dropped, its compiled form read from `compiled/`, verified and deserialized",
@@ -426,5 +490,14 @@ pub fn to_text(r: &BenchReport) -> String {
         None => s += "cached load          not measured\n",
     }
     s += &format!("rss, 1000 agents     {:.1} MiB\n", r.rss_mib_1000_agents);
+    let restart = &r.setup["restart_after_kill"];
+    if let (Some(busy), Some(quiet)) = (
+        restart["at_once"]["open_ms"].as_f64(),
+        restart["after_quiet"]["open_ms"].as_f64(),
+    ) {
+        s += &format!(
+            "restart after kill   {busy:>9.1} ms  (at once; {quiet:.1} ms after a quiet second)\n"
+        );
+    }
     s
 }
