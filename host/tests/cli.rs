@@ -327,6 +327,36 @@ fn bad_input_is_named_and_changes_nothing() {
     );
     assert!(!dir.path().join("nowhere").exists());
 
+    // A state directory whose store is something else: named, and left as it was.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let file = other.join("store.redb");
+    std::fs::write(&file, b"not a store").unwrap();
+    let out = baton(&["audit", "log", "--state", s(&other)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: store: cannot open `{}`: Not a redb database: magic number mismatch",
+            s(&file)
+        )
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a store");
+
+    // A store another host holds open: named, not waited for.
+    std::fs::create_dir_all(&state).unwrap();
+    let held = redb::Database::create(state.join("store.redb")).unwrap();
+    let out = baton(&["audit", "log", "--state", s(&state)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: store: cannot open `{}`: Database already open. Cannot acquire lock.",
+            s(&state.join("store.redb"))
+        )
+    );
+    drop(held);
+
     let out = baton(&["check", "x.wasm", "--policy", "lax"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
     assert!(

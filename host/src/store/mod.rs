@@ -145,6 +145,20 @@ pub enum StoreError {
     /// A record the operation needs does not exist.
     #[error("store: no {0} `{1}`")]
     Missing(&'static str, String),
+    /// The store's file could not be opened: it is not a redb file, another host holds
+    /// it, or the disk refused.
+    #[error("store: cannot open `{}`: {}", .0.display(), .1)]
+    Open(PathBuf, String),
+}
+
+/// `e`, met opening the store's file at `path`, as an error that names the file.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    let reason = match e {
+        // Its own words, without redb's "I/O error: " before them.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => io.to_string(),
+        other => other.to_string(),
+    };
+    StoreError::Open(path.to_path_buf(), reason)
 }
 
 macro_rules! from_redb {
@@ -229,7 +243,10 @@ impl Store {
             )))
         })?;
         let path = dir.join(STORE_FILE);
-        let db = Database::builder().set_cache_size(CACHE).create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE)
+            .create(&path)
+            .map_err(|e| open_error(&path, e))?;
         // Create every table up front so readers never meet a missing one. Like every
         // durable commit but an acknowledged one under `CommitPolicy::Immediate`, it
         // records redb's allocator state, so a host killed before its first checkpoint
