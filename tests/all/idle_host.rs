@@ -3,13 +3,14 @@
 //! look that finds nothing must not commit an empty claim, which would append to the log
 //! (and so to the disk) forever, 40 times a second. After a second of quiet the writer
 //! folds the log into redb, so `store.redb` alone then holds every task, and a crash
-//! then costs no repair at restart. Work that arrives after the pause still runs.
+//! then costs no repair at restart, under either commit policy. Work that arrives after
+//! the pause still runs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use baton::store::Status;
+use baton::store::{CommitPolicy, STORE_FILE, Status};
 
 use crate::common::{Serving, research_mesh, serve_research_chain};
 
@@ -64,17 +65,9 @@ async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
     // What a crash now would leave, minus the log: redb's file alone has the chain, and
     // opens without redb's repair (a walk of the whole file).
     let copy = tempfile::tempdir().unwrap();
-    let file = copy.path().join(baton::store::STORE_FILE);
-    std::fs::copy(state.path().join(baton::store::STORE_FILE), &file).unwrap();
-    let repaired = Arc::new(AtomicBool::new(false));
-    let seen = repaired.clone();
-    let db = redb::Database::builder()
-        .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
-        .create(&file)
-        .unwrap();
-    drop(db);
+    std::fs::copy(state.path().join(STORE_FILE), copy.path().join(STORE_FILE)).unwrap();
     assert!(
-        !repaired.load(Ordering::SeqCst),
+        !redb_repairs(copy.path()),
         "redb repaired a store the idle checkpoint had made durable"
     );
     let store = baton::Store::open(copy.path()).unwrap();
@@ -86,4 +79,49 @@ async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
         assert_eq!(task.status, Status::Completed, "{task:?}");
     }
     serving.stop().await;
+}
+
+/// Under the immediate policy nothing is logged, but its commits leave redb's allocator
+/// state unrecorded (recording it costs an fsync per write): once the host has gone
+/// quiet, the writer records it, so a crash then costs no repair at restart.
+#[tokio::test]
+async fn a_host_gone_quiet_under_immediate_commits_leaves_redb_nothing_to_repair() {
+    let state = tempfile::tempdir().unwrap();
+    let serving = Serving::start(&research_mesh(), state.path(), 4);
+    serving
+        .host
+        .store()
+        .set_commit_policy(CommitPolicy::Immediate);
+    let tasks = serve_research_chain(&serving.host, "immediate, then quiet").await;
+    assert_eq!(tasks.len(), 2);
+
+    // What a crash would leave, looked at until the quiet second has passed.
+    let waited = std::time::Instant::now();
+    loop {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(state.path().join(STORE_FILE), copy.path().join(STORE_FILE)).unwrap();
+        if !redb_repairs(copy.path()) {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(15),
+            "after 15 s of quiet, redb still has to repair the store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serving.stop().await;
+}
+
+/// Whether redb repairs the store file in `dir` as it opens it: walks the whole file to
+/// rebuild the allocator state a crash left unrecorded.
+fn redb_repairs(dir: &std::path::Path) -> bool {
+    let repaired = Arc::new(AtomicBool::new(false));
+    let seen = repaired.clone();
+    drop(
+        redb::Database::builder()
+            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
+            .create(dir.join(STORE_FILE))
+            .unwrap(),
+    );
+    repaired.load(Ordering::SeqCst)
 }

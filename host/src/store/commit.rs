@@ -49,10 +49,11 @@ use super::{COUNTERS, StoreError, WriteFuture};
 /// every 64 KiB, so a few dozen writes cross several checkpoints.
 pub const CHECKPOINT: u64 = if cfg!(test) { 64 << 10 } else { 16 << 20 };
 
-/// Quiet time after which the writer checkpoints whatever the log holds: a host that has
-/// gone quiet then restarts after a crash with no log to redo, and its next burst starts
-/// on an empty log, so a checkpoint under load comes later. Nobody waits on a checkpoint
-/// made while nothing is queued. Unit tests never go quiet for this long: several of
+/// Quiet time after which the writer checkpoints whatever the log holds (or, under
+/// [`CommitPolicy::Immediate`], records the allocator state its commits left out): a
+/// host that has gone quiet then restarts after a crash with no log to redo and nothing
+/// for redb to repair, and its next burst starts on an empty log, so a checkpoint under
+/// load comes later. Nobody waits on a checkpoint made while nothing is queued. Unit tests never go quiet for this long: several of
 /// them show what the log holds that redb does not.
 pub const IDLE: Duration = Duration::from_secs(if cfg!(test) { 3600 } else { 1 });
 
@@ -236,6 +237,7 @@ impl Syncer {
             next,
             group: false,
             known: Known::default(),
+            unrecorded: false,
             state: state.clone(),
         };
         let policy = group.clone();
@@ -403,6 +405,10 @@ struct Writer {
     group: bool,
     /// What the last committed transaction left known of the state.
     known: Known,
+    /// Whether a durable commit since the last checkpoint left redb's allocator state
+    /// unrecorded (an acknowledged write under [`CommitPolicy::Immediate`]): a crash now
+    /// would cost a repair at the next open, so the writer checkpoints once quiet.
+    unrecorded: bool,
     state: Arc<State>,
 }
 
@@ -424,7 +430,7 @@ impl Writer {
                 let mut p = lock(&state.progress);
                 let mut quiet = false;
                 while p.queue.is_empty() && !p.stop && !quiet {
-                    if self.wal.len() == 0 {
+                    if self.wal.len() == 0 && !self.unrecorded {
                         p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
                     } else {
                         let (q, waited) = state
@@ -464,6 +470,7 @@ impl Writer {
             } else {
                 for mut w in batch {
                     let outcome = immediate(&self.db, w.as_mut(), &mut self.known);
+                    self.unrecorded |= outcome.is_ok() && w.ack() == Ack::Acknowledged;
                     w.finish(outcome);
                 }
             }
@@ -552,6 +559,7 @@ impl Writer {
         let mut p = lock(&self.state.progress);
         match &flushed {
             Ok(()) => {
+                self.unrecorded = false;
                 p.synced = p.synced.max(p.appended);
                 p.attempted = p.attempted.max(p.appended);
                 p.failed = None;
@@ -650,7 +658,8 @@ fn sync_log(log: &SyncHandle, state: &State) {
 /// ms, and the walk grows with the store. The record costs a second fsync, once per
 /// checkpoint. Commits under [`CommitPolicy::Immediate`] do not record it: there it
 /// would cost that fsync on every acknowledged write (p50 of a hand-off 0.73 to 0.77 ms
-/// without, 0.90 to 1.12 ms with).
+/// without, 0.90 to 1.12 ms with). Under that policy the writer checkpoints after
+/// [`IDLE`] of quiet instead, so only a host killed while busy repairs at its next open.
 fn flush(db: &Database) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
