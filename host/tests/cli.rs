@@ -327,34 +327,29 @@ fn bad_input_is_named_and_changes_nothing() {
     );
     assert!(!dir.path().join("nowhere").exists());
 
-    // A state directory whose store is something else: named, and left as it was.
+    // A store that cannot be opened is refused with exit 1, naming its file and why.
+    let refused = |state: &Path, why: &str| {
+        let out = baton(&["audit", "log", "--state", s(state)]);
+        assert_eq!(out.status.code(), Some(1));
+        let file = state.join("store.redb");
+        assert_eq!(
+            stderr(&out).trim(),
+            format!("error: store: cannot open `{}`: {why}", s(&file))
+        );
+    };
+    // Something other than a store: named, and left as it was.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let file = other.join("store.redb");
-    std::fs::write(&file, b"not a store").unwrap();
-    let out = baton(&["audit", "log", "--state", s(&other)]);
-    assert_eq!(out.status.code(), Some(1));
+    std::fs::write(other.join("store.redb"), b"not a store").unwrap();
+    refused(&other, "Not a redb database: magic number mismatch");
     assert_eq!(
-        stderr(&out).trim(),
-        format!(
-            "error: store: cannot open `{}`: Not a redb database: magic number mismatch",
-            s(&file)
-        )
+        std::fs::read(other.join("store.redb")).unwrap(),
+        b"not a store"
     );
-    assert_eq!(std::fs::read(&file).unwrap(), b"not a store");
-
     // A store another host holds open: named, not waited for.
     std::fs::create_dir_all(&state).unwrap();
     let held = redb::Database::create(state.join("store.redb")).unwrap();
-    let out = baton(&["audit", "log", "--state", s(&state)]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        stderr(&out).trim(),
-        format!(
-            "error: store: cannot open `{}`: Database already open. Cannot acquire lock.",
-            s(&state.join("store.redb"))
-        )
-    );
+    refused(&state, "Database already open. Cannot acquire lock.");
     drop(held);
 
     let out = baton(&["check", "x.wasm", "--policy", "lax"]);
