@@ -53,8 +53,9 @@ pub const CHECKPOINT: u64 = if cfg!(test) { 64 << 10 } else { 16 << 20 };
 /// [`CommitPolicy::Immediate`], records the allocator state its commits left out): a
 /// host that has gone quiet then restarts after a crash with no log to redo and nothing
 /// for redb to repair, and its next burst starts on an empty log, so a checkpoint under
-/// load comes later. Nobody waits on a checkpoint made while nothing is queued. Unit tests never go quiet for this long: several of
-/// them show what the log holds that redb does not.
+/// load comes later. Nobody waits on a checkpoint made while nothing is queued. Unit
+/// tests never go quiet for this long: several of them show what the log holds that
+/// redb does not.
 pub const IDLE: Duration = Duration::from_secs(if cfg!(test) { 3600 } else { 1 });
 
 /// How acknowledged writes reach the disk.
