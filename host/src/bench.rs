@@ -10,8 +10,6 @@
 //! the store all those handoffs went through, as a kill would leave it.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -180,13 +178,7 @@ fn restart(state: &Path, scratch: &Path) -> anyhow::Result<serde_json::Value> {
     };
     copy(&[STORE_FILE])?;
     let store_bytes = std::fs::metadata(scratch.join(STORE_FILE))?.len();
-    let repaired = Arc::new(AtomicBool::new(false));
-    let seen = repaired.clone();
-    drop(
-        redb::Database::builder()
-            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
-            .create(scratch.join(STORE_FILE))?,
-    );
+    let repaired = crate::store::opened_with_repair(&scratch.join(STORE_FILE))?;
     std::fs::remove_dir_all(scratch)?;
 
     copy(&[STORE_FILE, WAL_FILE])?;
@@ -198,7 +190,7 @@ fn restart(state: &Path, scratch: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(json!({
         "open_ms": open_ms,
         "log_bytes_redone": log_bytes,
-        "redb_repaired": repaired.load(Ordering::SeqCst),
+        "redb_repaired": repaired,
         "store_bytes": store_bytes,
     }))
 }

@@ -6,11 +6,9 @@
 //! then costs no repair at restart, under either commit policy. Work that arrives after
 //! the pause still runs.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use baton::store::{CommitPolicy, STORE_FILE, Status};
+use baton::store::{CommitPolicy, STORE_FILE, Status, opened_with_repair};
 
 use crate::common::{Serving, research_mesh, serve_research_chain};
 
@@ -67,7 +65,7 @@ async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(state.path().join(STORE_FILE), copy.path().join(STORE_FILE)).unwrap();
     assert!(
-        !redb_repairs(copy.path()),
+        !opened_with_repair(&copy.path().join(STORE_FILE)).unwrap(),
         "redb repaired a store the idle checkpoint had made durable"
     );
     let store = baton::Store::open(copy.path()).unwrap();
@@ -100,7 +98,7 @@ async fn a_host_gone_quiet_under_immediate_commits_leaves_redb_nothing_to_repair
     loop {
         let copy = tempfile::tempdir().unwrap();
         std::fs::copy(state.path().join(STORE_FILE), copy.path().join(STORE_FILE)).unwrap();
-        if !redb_repairs(copy.path()) {
+        if !opened_with_repair(&copy.path().join(STORE_FILE)).unwrap() {
             break;
         }
         assert!(
@@ -110,18 +108,4 @@ async fn a_host_gone_quiet_under_immediate_commits_leaves_redb_nothing_to_repair
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     serving.stop().await;
-}
-
-/// Whether redb repairs the store file in `dir` as it opens it: walks the whole file to
-/// rebuild the allocator state a crash left unrecorded.
-fn redb_repairs(dir: &std::path::Path) -> bool {
-    let repaired = Arc::new(AtomicBool::new(false));
-    let seen = repaired.clone();
-    drop(
-        redb::Database::builder()
-            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
-            .create(dir.join(STORE_FILE))
-            .unwrap(),
-    );
-    repaired.load(Ordering::SeqCst)
 }

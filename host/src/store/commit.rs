@@ -835,18 +835,6 @@ mod tests {
         );
     }
 
-    /// Whether redb repairs the store file in `dir` as it opens it: walks the whole file
-    /// to rebuild its allocator state, which a crash left unrecorded.
-    fn redb_repairs(dir: &std::path::Path) -> bool {
-        let repaired = Arc::new(AtomicBool::new(false));
-        let seen = repaired.clone();
-        redb::Database::builder()
-            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
-            .create(dir.join(crate::store::STORE_FILE))
-            .unwrap();
-        repaired.load(Ordering::SeqCst)
-    }
-
     /// Checkpoints in the middle of a run start the log over while writes go on: a host
     /// killed after several of them keeps every acknowledged write, from redb or the log,
     /// and redb, last made durable by a checkpoint, opens without a repair.
@@ -874,7 +862,8 @@ mod tests {
         let redb_alone = as_killed(dir.path(), false);
         drop(store);
         assert!(
-            !redb_repairs(redb_alone.path()),
+            !crate::store::opened_with_repair(&redb_alone.path().join(crate::store::STORE_FILE))
+                .unwrap(),
             "redb repaired a file whose last durable commit was a checkpoint"
         );
         let store = Store::open(killed.path()).unwrap();

@@ -30,6 +30,7 @@ mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{
@@ -149,6 +150,22 @@ pub enum StoreError {
     /// it, or the disk refused.
     #[error("store: cannot open `{}`: {}", .0.display(), .1)]
     Open(PathBuf, String),
+}
+
+/// Open the store file `file` and say whether redb had to repair it first: walk the
+/// whole file to rebuild the allocator state a crash left unrecorded, which makes a
+/// restart's time grow with the store. The open leaves the file repaired and cleanly
+/// closed, so a caller who wants to know what a crash left looks at a copy.
+pub fn opened_with_repair(file: &Path) -> Result<bool, StoreError> {
+    let repaired = Arc::new(AtomicBool::new(false));
+    let seen = repaired.clone();
+    drop(
+        Database::builder()
+            .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
+            .create(file)
+            .map_err(|e| open_error(file, e))?,
+    );
+    Ok(repaired.load(Ordering::SeqCst))
 }
 
 /// `e`, met opening the store's file at `path`, as an error that names the file.
