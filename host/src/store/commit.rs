@@ -41,6 +41,7 @@ use std::time::Duration;
 use redb::{Database, Durability};
 use tokio::sync::watch;
 
+use super::dispatch::{self, Shared};
 use super::wal::{Known, LSN_COUNTER, SyncHandle, Tx, Wal};
 use super::{COUNTERS, StoreError, WriteFuture};
 
@@ -213,9 +214,15 @@ fn lock(m: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
 }
 
 impl Syncer {
-    /// A syncer for `db`, whose log is `wal` and whose next frame is `next`, with its
-    /// writer thread started; the policy starts as `Immediate`.
-    pub(super) fn start(db: Arc<Database>, wal: Wal, next: u64) -> Result<Syncer, StoreError> {
+    /// A syncer for `db`, whose log is `wal` and whose next frame is `next`, and whose
+    /// dispatch state is `queues`, with its writer thread started; the policy starts as
+    /// `Immediate`.
+    pub(super) fn start(
+        db: Arc<Database>,
+        wal: Wal,
+        next: u64,
+        queues: Arc<Shared>,
+    ) -> Result<Syncer, StoreError> {
         let log = wal.sync_handle()?;
         let at = next - 1;
         let state = Arc::new(State {
@@ -234,6 +241,7 @@ impl Syncer {
         let group = Arc::new(AtomicBool::new(false));
         let mut writer = Writer {
             db,
+            queues,
             wal,
             next,
             group: false,
@@ -399,6 +407,7 @@ impl Drop for Closing<'_> {
 /// The writer thread's own state.
 struct Writer {
     db: Arc<Database>,
+    queues: Arc<Shared>,
     wal: Wal,
     /// The next frame's number.
     next: u64,
@@ -470,7 +479,7 @@ impl Writer {
                 }
             } else {
                 for mut w in batch {
-                    let outcome = immediate(&self.db, w.as_mut(), &mut self.known);
+                    let outcome = immediate(&self.db, &self.queues, w.as_mut(), &mut self.known);
                     self.unrecorded |= outcome.is_ok() && w.ack() == Ack::Acknowledged;
                     w.finish(outcome);
                 }
@@ -514,8 +523,13 @@ impl Writer {
         txn.set_durability(Durability::None)?;
         // Taken, not copied: if anything below fails, the next transaction reads what it
         // needs from the tables again.
-        let known = {
-            let tx = Tx::new(&txn, Some(&log), std::mem::take(&mut self.known));
+        let (known, undo) = {
+            let tx = Tx::new(
+                &txn,
+                Some(&log),
+                std::mem::take(&mut self.known),
+                &self.queues,
+            );
             // The frame's number, in the frame: redb then always says which frames it holds.
             tx.open_table(COUNTERS)?.insert(LSN_COUNTER, lsn)?;
             for w in writes.iter_mut() {
@@ -524,6 +538,7 @@ impl Writer {
             tx.finish()?
         };
         txn.commit()?;
+        undo.keep();
         self.known = known;
         self.next += 1;
         let acknowledged = writes
@@ -556,7 +571,7 @@ impl Writer {
     /// Make redb durable (an empty immediate commit writes every commit before it), so
     /// every frame is in it, and start the log over.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let flushed = flush(&self.db);
+        let flushed = flush(&self.db, &self.queues);
         let mut p = lock(&self.state.progress);
         match &flushed {
             Ok(()) => {
@@ -590,15 +605,21 @@ impl Writer {
 
 /// Apply `w` in a transaction of its own, fsynced if it is acknowledged. `known` is
 /// taken, and given back only if the transaction commits.
-fn immediate(db: &Database, w: &mut dyn Write, known: &mut Known) -> Result<(), StoreError> {
+fn immediate(
+    db: &Database,
+    queues: &Arc<Shared>,
+    w: &mut dyn Write,
+    known: &mut Known,
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     if w.ack() == Ack::Lazy {
         txn.set_durability(Durability::None)?;
     }
-    let tx = Tx::new(&txn, None, std::mem::take(known));
+    let tx = Tx::new(&txn, None, std::mem::take(known), queues);
     caught(w, &tx)?;
-    let left = tx.finish()?;
+    let (left, undo) = tx.finish()?;
     txn.commit()?;
+    undo.keep();
     *known = left;
     Ok(())
 }
@@ -651,7 +672,8 @@ fn sync_log(log: &SyncHandle, state: &State) {
     }
 }
 
-/// An empty immediate commit: it writes every unsynced commit before it.
+/// An immediate commit of what the dispatch state's tables lack in redb (see
+/// `dispatch`): it writes every unsynced commit before it.
 ///
 /// It also records redb's allocator state (quick repair). A host killed after it then
 /// reopens redb by loading that state, instead of redb rebuilding it by walking every
@@ -661,11 +683,16 @@ fn sync_log(log: &SyncHandle, state: &State) {
 /// would cost that fsync on every acknowledged write (p50 of a hand-off 0.73 to 0.77 ms
 /// without, 0.90 to 1.12 ms with). Under that policy the writer checkpoints after
 /// [`IDLE`] of quiet instead, so only a host killed while busy repairs at its next open.
-fn flush(db: &Database) -> Result<(), StoreError> {
+fn flush(db: &Database, queues: &Shared) -> Result<(), StoreError> {
+    // Copied out: readers are not kept waiting through the fsync. Only this thread
+    // changes the dispatch state, so nothing changes it before `saved`.
+    let unsaved = dispatch::lock(queues).unsaved();
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     txn.set_quick_repair(true);
+    unsaved.write(&txn)?;
     txn.commit()?;
+    dispatch::lock(queues).saved();
     Ok(())
 }
 #[cfg(test)]
@@ -1033,5 +1060,130 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_kept(&store, &tasks, "after the reopen");
+    }
+
+    /// Claim up to `max` ready tasks for the agent each names.
+    fn claim(store: &Store, max: usize) -> Vec<String> {
+        let pick: crate::store::Pick =
+            Arc::new(|target: &str, _: &[&str], _: &[String]| Some(target.to_string()));
+        let claimed = store.claim_ready(max, pick).wait().unwrap();
+        claimed.into_iter().map(|t| t.id).collect()
+    }
+
+    /// The rows of the dispatch state's tables in the redb file of a stopped store in
+    /// `dir`: wake queue, inboxes, running tasks.
+    fn rows_in_redb(dir: &std::path::Path) -> [usize; 3] {
+        use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+        let db = redb::Database::open(dir.join(crate::store::STORE_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let count = |n: u64| usize::try_from(n).unwrap();
+        [
+            count(txn.open_table(crate::store::READY).unwrap().len().unwrap()),
+            count(txn.open_table(crate::store::INBOX).unwrap().len().unwrap()),
+            count(
+                txn.open_table(crate::store::RUNNING)
+                    .unwrap()
+                    .len()
+                    .unwrap(),
+            ),
+        ]
+    }
+
+    /// The wake queue, inboxes and running tasks live in memory under group commit;
+    /// the checkpoint a clean stop makes writes redb what they hold then, so the next
+    /// host finds the tasks still waiting, and redelivers the ones left running.
+    #[test]
+    fn a_checkpoint_leaves_redb_the_dispatch_state_as_it_was() {
+        let (dir, store) = group_store();
+        let tasks: Vec<String> = (0..6).map(|i| acknowledged(&store, i)).collect();
+        let running = claim(&store, 3);
+        assert_eq!(running, tasks[..3]);
+        store
+            .complete(&running[0], "done", b"{}", 1_000)
+            .wait()
+            .unwrap();
+        store.durable_blocking().unwrap();
+        drop(store);
+        assert_eq!(
+            rows_in_redb(dir.path()),
+            [3, 3, 2],
+            "redb's wake queue, inboxes and running tasks after the stop"
+        );
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.inbox_depth("writer").unwrap(), 3);
+        assert_eq!(store.recover().wait().unwrap(), 2);
+        assert_eq!(store.inbox_depth("writer").unwrap(), 5);
+        let again = claim(&store, 10);
+        assert_eq!(again.len(), 5, "claimed after the restart: {again:?}");
+        for t in &tasks[1..] {
+            assert!(
+                again.contains(t),
+                "task {t} was not claimable again: {again:?}"
+            );
+        }
+    }
+
+    /// Under immediate commits each write's own durable commit holds its changes to the
+    /// dispatch state: redb's file alone, copied while the host runs, has them. (A claim
+    /// commits unsynced, as lazy writes do, and is made durable by the next acknowledged
+    /// write.)
+    #[test]
+    fn under_immediate_commits_redb_alone_holds_the_dispatch_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..3 {
+            acknowledged(&store, i);
+        }
+        assert_eq!(claim(&store, 1).len(), 1);
+        acknowledged(&store, 3);
+        let redb_alone = as_killed(dir.path(), false);
+        drop(store);
+        let store = Store::open(redb_alone.path()).unwrap();
+        assert_eq!(store.inbox_depth("writer").unwrap(), 3);
+        assert_eq!(store.recover().wait().unwrap(), 1);
+        assert_eq!(store.inbox_depth("writer").unwrap(), 4);
+    }
+
+    /// A write that fails takes its changes to the dispatch state back, alone or in a
+    /// batch with others, whose changes stay.
+    #[test]
+    fn a_write_that_fails_takes_its_dispatch_changes_back() {
+        let (_dir, store) = group_store();
+        let store = Arc::new(store);
+        let failing = |store: &Store| {
+            store.write(super::Ack::Acknowledged, |tx| {
+                tx.queue_insert(crate::store::READY, 999, "writer\tt-999\t0\t")?;
+                tx.queue_insert(crate::store::INBOX, ("writer", 999), "t-999")?;
+                Err::<(), _>(crate::store::StoreError::Missing("task", "t-999".into()))
+            })
+        };
+        let err = failing(&store).wait().unwrap_err().to_string();
+        assert!(err.contains("t-999"), "{err}");
+        assert_eq!(store.inbox_depth("writer").unwrap(), 0);
+        assert!(claim(&store, 10).is_empty());
+
+        // Queued behind redb's write lock, the writes are applied as one batch, which
+        // the failing one aborts; each is then redone alone.
+        let hold = store.db.begin_write().unwrap();
+        let good: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || acknowledged(&store, i))
+            })
+            .collect();
+        let bad = {
+            let store = store.clone();
+            std::thread::spawn(move || failing(&store).wait())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(hold);
+        assert!(bad.join().unwrap().is_err());
+        let mut tasks: Vec<String> = good.into_iter().map(|t| t.join().unwrap()).collect();
+        tasks.sort();
+        assert_eq!(store.inbox_depth("writer").unwrap(), 4);
+        let mut claimed = claim(&store, 10);
+        claimed.sort();
+        assert_eq!(claimed, tasks, "the failed write's task was claimable");
     }
 }

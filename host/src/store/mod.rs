@@ -14,6 +14,7 @@
 //! - [`records`]: what is stored.
 //! - `commit`: the commit policy, group commit and checkpoints.
 //! - `wal`: the write-ahead log that group commit fsyncs, and how a restart redoes it.
+//! - `dispatch`: the wake queue, inboxes and running tasks, kept in memory.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
@@ -22,6 +23,7 @@
 mod audit;
 mod backend;
 mod commit;
+mod dispatch;
 mod operator;
 mod queue;
 pub mod records;
@@ -220,6 +222,7 @@ pub fn now_ms() -> u64 {
 /// The redb-backed store of one state directory.
 pub struct Store {
     db: Arc<Database>,
+    queues: Arc<dispatch::Shared>,
     path: PathBuf,
     syncer: commit::Syncer,
 }
@@ -283,9 +286,11 @@ impl Store {
 
     /// The store of `db`, in `dir`, its writer thread started on `log`.
     fn start(db: Database, dir: &Path, log: wal::Wal, next: u64) -> Result<Store, StoreError> {
+        let queues = Arc::new(std::sync::Mutex::new(dispatch::Queues::load(&db)?));
         let db = Arc::new(db);
         Ok(Store {
-            syncer: commit::Syncer::start(db.clone(), log, next)?,
+            syncer: commit::Syncer::start(db.clone(), log, next, queues.clone())?,
+            queues,
             db,
             path: dir.join(STORE_FILE),
         })
@@ -409,7 +414,11 @@ impl Store {
 
     /// How many tasks wait in the inbox of `target` (an agent or `capability:<name>`).
     pub fn inbox_depth(&self, target: &str) -> Result<u64, StoreError> {
-        pending(&self.db.begin_read()?.open_table(INBOX)?, target, u64::MAX)
+        Ok(pending(
+            &dispatch::lock(&self.queues).inbox,
+            target,
+            u64::MAX,
+        ))
     }
 
     /// Everything in the chain that starts at task `root`.
@@ -508,19 +517,20 @@ fn redo(txn: &WriteTransaction, change: &wal::Change<'_>) -> Result<(), StoreErr
     every_table!(on_its_table)
 }
 
-/// How many tasks wait in the inbox of `target`, in a read or a write transaction,
-/// counted up to `at_most`: a hand-off only asks whether the inbox is full, and counting
-/// a deep inbox whole would make each hand-off to it cost as much as the inbox is deep.
+/// How many tasks wait in the inbox of `target`, counted up to `at_most`: a hand-off
+/// only asks whether the inbox is full, and counting a deep inbox whole would make each
+/// hand-off to it cost as much as the inbox is deep.
 fn pending(
-    inbox: &impl ReadableTable<(&'static str, u64), &'static str>,
+    inbox: &dispatch::Rows<(&'static str, u64), &'static str>,
     target: &str,
     at_most: u64,
-) -> Result<u64, StoreError> {
+) -> u64 {
     let at_most = usize::try_from(at_most).unwrap_or(usize::MAX);
-    Ok(inbox
-        .range((target, 0)..=(target, u64::MAX))?
+    inbox
+        .from(&(target, 0))
+        .take_while(|((t, _), _)| *t == target)
         .take(at_most)
-        .count() as u64)
+        .count() as u64
 }
 
 /// Version `version` of `key`, from the blackboard's tables in a read or a write

@@ -185,12 +185,13 @@ impl Store {
     pub fn recover(&self) -> Queued<usize> {
         self.write(Ack::Acknowledged, |txn| {
             let ids: Vec<String> = txn
-                .open_table(RUNNING)?
-                .iter()?
-                .map(|r| r.map(|(k, _)| k.value().to_string()))
-                .collect::<Result<_, _>>()?;
+                .queues()
+                .running
+                .iter()
+                .map(|(k, ())| k.to_string())
+                .collect();
             for id in &ids {
-                txn.open_table(RUNNING)?.remove(id.as_str())?;
+                txn.queue_remove(RUNNING, id.as_str())?;
                 release_claims(txn, id, true)?;
                 let mut task: TaskRecord = get_json(txn, TASKS, id)?;
                 task.status = Status::Pending;
@@ -205,20 +206,15 @@ impl Store {
     /// the scheduler asks before it queues a claim, so that a look that finds nothing to
     /// run costs the writer thread no transaction.
     pub fn claimable(&self, pick: &PickFn) -> Result<bool, StoreError> {
-        use redb::ReadableDatabase as _;
-        let txn = self.db.begin_read()?;
-        Ok(!choose(&txn.open_table(READY)?, 1, pick, now_ms())?.is_empty())
+        let q = super::dispatch::lock(&self.queues);
+        Ok(!choose(q.ready.iter(), 1, pick, now_ms())?.is_empty())
     }
 
     /// Whether any task is ready but waiting for its backoff to pass.
     pub fn has_delayed(&self) -> Result<bool, StoreError> {
-        use redb::ReadableDatabase as _;
-        let txn = self.db.begin_read()?;
-        let ready = txn.open_table(READY)?;
         let now = now_ms();
-        for row in ready.iter()? {
-            let (_, v) = row?;
-            if parse_ready(v.value())?.not_before > now {
+        for (_, v) in super::dispatch::lock(&self.queues).ready.iter() {
+            if parse_ready(v)?.not_before > now {
                 return Ok(true);
             }
         }
@@ -230,9 +226,10 @@ impl Store {
 /// run it.
 type Chosen = Vec<((u64, String, String), String)>;
 
-/// The tasks of `ready` a claim of at most `max` would take at `now`, oldest first.
-fn choose(
-    ready: &impl ReadableTable<u64, &'static str>,
+/// The tasks of the wake queue `ready` (place, entry; oldest first) a claim of at most
+/// `max` would take at `now`, oldest first.
+fn choose<'r>(
+    ready: impl Iterator<Item = (u64, &'r str)>,
     max: usize,
     pick: &PickFn,
     now: u64,
@@ -240,18 +237,17 @@ fn choose(
     let mut chosen: Vec<(u64, String, String)> = Vec::new();
     let mut picked: Vec<String> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
-    for row in ready.iter()? {
+    for (seq, v) in ready {
         if chosen.len() >= max {
             break;
         }
-        let (seq, v) = row?;
-        let entry = parse_ready(v.value())?;
+        let entry = parse_ready(v)?;
         if entry.not_before > now || refused.iter().any(|r| r == entry.target) {
             continue;
         }
         match pick(entry.target, &entry.avoid, &picked) {
             Some(agent) => {
-                chosen.push((seq.value(), entry.target.into(), entry.task.into()));
+                chosen.push((seq, entry.target.into(), entry.task.into()));
                 picked.push(agent);
             }
             // Tasks with workers to avoid may still go to others; only a plain
@@ -266,11 +262,11 @@ fn choose(
 /// The body of [`Store::claim_ready`].
 fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRecord>, StoreError> {
     let now = now_ms();
-    let chosen = choose(&*txn.open_table(READY)?, max, pick, now)?;
+    let chosen = choose(txn.queues().ready.iter(), max, pick, now)?;
     let mut claimed = Vec::with_capacity(chosen.len());
     for ((seq, target, tid), agent) in chosen {
-        txn.open_table(READY)?.remove(seq)?;
-        txn.open_table(INBOX)?.remove((target.as_str(), seq))?;
+        txn.queue_remove(READY, seq)?;
+        txn.queue_remove(INBOX, (target.as_str(), seq))?;
         let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
         task.status = Status::Running;
         task.agent = Some(agent);
@@ -279,7 +275,7 @@ fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRec
             // A pull task's deadline is a lease, renewed at each delivery.
             task.deadline = now.saturating_add(task.budget_ms);
         }
-        txn.open_table(RUNNING)?.insert(tid.as_str(), ())?;
+        txn.queue_insert(RUNNING, tid.as_str(), ())?;
         deliver(txn, &task)?;
         claimed.push(task);
     }
@@ -295,10 +291,12 @@ fn claim_inbox_in(
 ) -> Result<Vec<TaskRecord>, StoreError> {
     let now = now_ms();
     let entries: Vec<(u64, String)> = txn
-        .open_table(INBOX)?
-        .range((agent, 0)..=(agent, u64::MAX))?
-        .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_string())))
-        .collect::<Result<_, _>>()?;
+        .queues()
+        .inbox
+        .from(&(agent, 0))
+        .take_while(|((a, _), _)| *a == agent)
+        .map(|(k, v)| (k.1, v.to_string()))
+        .collect();
     let mut claimed = Vec::new();
     for (seq, tid) in entries {
         if claimed.len() >= max as usize {
@@ -308,14 +306,13 @@ fn claim_inbox_in(
         if task.not_before > now {
             continue;
         }
-        txn.open_table(INBOX)?.remove((agent, seq))?;
-        txn.open_table(READY)?.remove(seq)?;
+        txn.queue_remove(INBOX, (agent, seq))?;
+        txn.queue_remove(READY, seq)?;
         task.status = Status::Delivered;
         task.agent = Some(agent.to_string());
         task.finished_at = Some(now);
         deliver(txn, &task)?;
-        txn.open_table(INBOX_CLAIMS)?
-            .insert((claimer, task.id.as_str()), ())?;
+        txn.queue_insert(INBOX_CLAIMS, (claimer, task.id.as_str()), ())?;
         claimed.push(task);
     }
     Ok(claimed)
@@ -340,7 +337,7 @@ fn complete_in(
     task.outcome_summary = Some(summary.to_string());
     task.error = None;
     put_json(txn, TASKS, &task.id, &task)?;
-    txn.open_table(RUNNING)?.remove(task.id.as_str())?;
+    txn.queue_remove(RUNNING, task.id.as_str())?;
     // What it claimed through `check-inbox` was handled with it.
     release_claims(txn, &task.id, false)?;
     end_handoffs_of(txn, &task.id)?;
@@ -404,7 +401,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
             replayed: true,
         }));
     }
-    let depth = super::pending(&*txn.open_table(INBOX)?, &h.to, h.inbox_depth)?;
+    let depth = super::pending(&txn.queues().inbox, &h.to, h.inbox_depth);
     if depth >= h.inbox_depth {
         return Ok(Err(Refusal::Full(format!(
             "inbox of `{}` is full ({} pending tasks); try later",
@@ -566,8 +563,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
 pub(super) fn make_ready(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     put_json(txn, TASKS, &task.id, task)?;
     let seq = next(txn, "seq")?;
-    txn.open_table(INBOX)?
-        .insert((task.to.as_str(), seq), task.id.as_str())?;
+    txn.queue_insert(INBOX, (task.to.as_str(), seq), task.id.as_str())?;
     let entry = format!(
         "{}\t{}\t{}\t{}",
         task.to,
@@ -575,29 +571,22 @@ pub(super) fn make_ready(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreErr
         task.not_before,
         task.failed_on.join(",")
     );
-    txn.open_table(READY)?.insert(seq, entry.as_str())?;
+    txn.queue_insert(READY, seq, entry.as_str())?;
     Ok(())
 }
 
 /// Forget what `claimer` claimed through `check-inbox`; with `give_back`, put those
 /// tasks back in their inbox, pending, as if never claimed (their claimer failed or died).
 fn release_claims(txn: &Tx<'_>, claimer: &str, give_back: bool) -> Result<(), StoreError> {
-    let claimed: Vec<String> = {
-        let claims = txn.open_table(INBOX_CLAIMS)?;
-        let mut ids = Vec::new();
-        for row in claims.range((claimer, "")..)? {
-            let (k, _) = row?;
-            let (by, id) = k.value();
-            if by != claimer {
-                break;
-            }
-            ids.push(id.to_string());
-        }
-        ids
-    };
+    let claimed: Vec<String> = txn
+        .queues()
+        .claims
+        .from(&(claimer, ""))
+        .take_while(|((by, _), ())| *by == claimer)
+        .map(|((_, id), ())| id.to_string())
+        .collect();
     for id in &claimed {
-        txn.open_table(INBOX_CLAIMS)?
-            .remove((claimer, id.as_str()))?;
+        txn.queue_remove(INBOX_CLAIMS, (claimer, id.as_str()))?;
         if !give_back {
             continue;
         }
@@ -687,7 +676,7 @@ fn fail_in(
 ) -> Result<TaskRecord, StoreError> {
     let now = now_ms();
     let mut task: TaskRecord = get_json(txn, TASKS, task_id)?;
-    txn.open_table(RUNNING)?.remove(task.id.as_str())?;
+    txn.queue_remove(RUNNING, task.id.as_str())?;
     task.error = Some(reason.to_string());
     let applied = |action: &str, next_task: Option<String>| FallbackApplied {
         reason: kind,

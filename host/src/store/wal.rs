@@ -27,11 +27,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, MutexGuard};
 
 use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::StoreError;
 use super::audit::Head;
+use super::dispatch::{self, Dispatched, Queues, Shared, Undo};
 
 /// The log, beside the redb file in the state directory.
 pub const WAL_FILE: &str = "store.wal";
@@ -53,6 +55,9 @@ const HEADER: usize = 16;
 /// number tasks, handoffs and queue places, and the audit chain's head. A counter is
 /// written to its table once, when the transaction is [finished](Tx::finish), however
 /// many times it was drawn; a batch draws the same three counters dozens of times.
+///
+/// The dispatch state's tables (see `dispatch`) are changed through it in memory, logged
+/// like the others; without a log they are also written through to redb.
 pub(super) struct Tx<'a> {
     txn: &'a WriteTransaction,
     log: Option<&'a RefCell<Vec<u8>>>,
@@ -60,6 +65,9 @@ pub(super) struct Tx<'a> {
     open: [RefCell<Option<Slot<'a>>>; super::TABLES],
     /// What this transaction knows of the state it leaves, so far.
     known: RefCell<Known>,
+    queues: &'a Arc<Shared>,
+    /// Its changes to the dispatch state, taken back if it does not commit.
+    undo: RefCell<Undo>,
 }
 
 /// What the writer knows of the store's committed state without reading it: carried from
@@ -82,19 +90,95 @@ struct Counter {
 }
 
 impl<'a> Tx<'a> {
-    /// Changes through this are applied to `txn` and appended to `log`, if any. `known`
-    /// is what is known of the state as `txn` starts.
+    /// Changes through this are applied to `txn` (or `queues`) and appended to `log`, if
+    /// any. `known` is what is known of the state as `txn` starts.
     pub(super) fn new(
         txn: &'a WriteTransaction,
         log: Option<&'a RefCell<Vec<u8>>>,
         known: Known,
+        queues: &'a Arc<Shared>,
     ) -> Self {
         Tx {
             txn,
             log,
             open: std::array::from_fn(|_| RefCell::new(None)),
             known: RefCell::new(known),
+            queues,
+            undo: RefCell::new(Undo::new(queues.clone())),
         }
+    }
+
+    /// The dispatch state, to read. It is changed only through [`Tx::queue_insert`] and
+    /// [`Tx::queue_remove`]: let go of this before calling them.
+    pub(super) fn queues(&self) -> MutexGuard<'a, Queues> {
+        dispatch::lock(self.queues)
+    }
+
+    /// Set `key` to `value` in the dispatch state's table `def`.
+    pub(super) fn queue_insert<'k, 'v, K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<(), StoreError>
+    where
+        (K, V): Dispatched<K = K, V = V> + Slotted<'a, K = K, V = V>,
+    {
+        let value = V::as_bytes(value.borrow()).as_ref().to_vec();
+        self.queue_set(
+            def,
+            K::as_bytes(key.borrow()).as_ref().to_vec(),
+            Some(value),
+        )
+    }
+
+    /// Remove `key` from the dispatch state's table `def`, if it is there.
+    pub(super) fn queue_remove<'k, K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<(), StoreError>
+    where
+        (K, V): Dispatched<K = K, V = V> + Slotted<'a, K = K, V = V>,
+    {
+        self.queue_set(def, K::as_bytes(key.borrow()).as_ref().to_vec(), None)
+    }
+
+    fn queue_set<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError>
+    where
+        (K, V): Dispatched<K = K, V = V> + Slotted<'a, K = K, V = V>,
+    {
+        match self.log {
+            Some(log) => {
+                let op = if value.is_some() { INSERT } else { REMOVE };
+                record(
+                    &mut log.borrow_mut(),
+                    op,
+                    def.name(),
+                    &key,
+                    value.as_deref(),
+                );
+            }
+            // No log: redb's commit is the durable one, so it holds the row too.
+            None => {
+                let mut table = self.open_table(def)?;
+                match &value {
+                    Some(v) => table.insert(K::from_bytes(&key), V::from_bytes(v))?,
+                    None => table.remove(K::from_bytes(&key))?,
+                }
+            }
+        }
+        let tracked = self.log.is_some();
+        let before = dispatch::set::<(K, V)>(&mut self.queues(), key.clone(), value, tracked);
+        self.undo
+            .borrow_mut()
+            .push(dispatch::restore::<(K, V)>, key, before);
+        Ok(())
     }
 
     /// The audit chain's last record, if known; see [`Head`].
@@ -135,8 +219,10 @@ impl<'a> Tx<'a> {
 
     /// Write the counters this transaction changed, and give back what it knows of the
     /// state it leaves: to be handed to the next transaction once `txn` has committed.
-    /// A transaction that changed a counter must be finished before it commits.
-    pub(super) fn finish(self) -> Result<Known, StoreError> {
+    /// A transaction that changed a counter must be finished before it commits. The
+    /// [`Undo`] takes its changes to the dispatch state back unless it is kept once `txn`
+    /// has committed.
+    pub(super) fn finish(self) -> Result<(Known, Undo), StoreError> {
         let mut known = self.known.take();
         if known.counters.iter().any(|c| c.changed) {
             let mut table = self.open_table(super::COUNTERS)?;
@@ -145,7 +231,7 @@ impl<'a> Tx<'a> {
                 c.changed = false;
             }
         }
-        Ok(known)
+        Ok((known, self.undo.take()))
     }
 
     /// Open `def` to read and change it. A table is open once at a time: opening it
@@ -567,7 +653,7 @@ mod tests {
         let log = RefCell::new(Vec::new());
         let txn = store.db.begin_write().unwrap();
         {
-            let tx = Tx::new(&txn, Some(&log), Known::default());
+            let tx = Tx::new(&txn, Some(&log), Known::default(), &store.queues);
             let mut first = tx.open_table(TASKS).unwrap();
             first.insert("t-1", "one").unwrap();
             let again = tx

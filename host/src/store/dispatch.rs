@@ -1,0 +1,329 @@
+//! The dispatch state, kept in memory: the wake queue, the inboxes, the tasks running
+//! and what running tasks claimed through `check-inbox`.
+//!
+//! Every row of these four tables lives for the moments between a hand-off and its
+//! claim, or a claim and its end: a handoff inserted and removed six of them, each a
+//! change to a redb table (about 3 µs apiece, and a table more for each transaction to
+//! commit), and every look of the scheduler opened a read transaction to scan the wake
+//! queue. Here they are ordered maps the writer thread changes and the scheduler reads
+//! without a transaction.
+//!
+//! Durability is unchanged, and so is the store's file format:
+//!
+//! - Each change is logged like any other (same table, same bytes), so a restart
+//!   redoes it; under [`CommitPolicy::Immediate`](super::CommitPolicy) it is written
+//!   through to redb's table in the write's own transaction.
+//! - Under group commit, redb's copy of these tables is brought up to date only by a
+//!   durable commit (a checkpoint), from the rows changed since the last one: rows that
+//!   came and went in between cost redb nothing.
+//! - At open, after the log is redone into redb, the maps are loaded from redb.
+//!
+//! A write that fails takes its changes back (see [`Undo`]). Readers outside the writer
+//! thread ([`Store::claimable`](super::Store::claimable), an inbox's depth) may see a
+//! write's changes a moment before its transaction commits, or one that is then taken
+//! back: they only ever use what they see as a hint, which the writer checks again.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
+
+use super::{INBOX, INBOX_CLAIMS, READY, RUNNING, StoreError};
+
+/// A key as redb stores it, ordered as redb orders keys of type `K`.
+struct Ordered<K>(Vec<u8>, PhantomData<fn() -> K>);
+
+impl<K: Key> Ordered<K> {
+    fn new(bytes: Vec<u8>) -> Self {
+        Ordered(bytes, PhantomData)
+    }
+
+    fn of(key: &K::SelfType<'_>) -> Self {
+        Ordered::new(K::as_bytes(key).as_ref().to_vec())
+    }
+}
+
+impl<K: Key> Ord for Ordered<K> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        K::compare(&self.0, &other.0)
+    }
+}
+
+impl<K: Key> PartialOrd for Ordered<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K: Key> PartialEq for Ordered<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<K: Key> Eq for Ordered<K> {}
+
+/// One of the tables, in memory.
+pub(super) struct Rows<K: Key + 'static, V: Value + 'static> {
+    rows: BTreeMap<Ordered<K>, Vec<u8>>,
+    /// Rows changed since redb last held this table, each with whether redb held the
+    /// row then: what the next durable commit must write or remove.
+    dirty: HashMap<Vec<u8>, bool>,
+    values: PhantomData<fn() -> V>,
+}
+
+impl<K: Key + 'static, V: Value + 'static> Rows<K, V> {
+    fn new() -> Self {
+        Rows {
+            rows: BTreeMap::new(),
+            dirty: HashMap::new(),
+            values: PhantomData,
+        }
+    }
+
+    /// Set the row at `key` (its bytes) to `value` (`None` removes it); the row before.
+    /// With `track`, the row is noted for the next durable commit to write.
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, track: bool) -> Option<Vec<u8>> {
+        if track && !self.dirty.contains_key(&key) {
+            // A row unchanged since redb last held the table is in redb exactly when it
+            // is here.
+            let held = self.rows.contains_key(&Ordered::new(key.clone()));
+            self.dirty.insert(key.clone(), held);
+        }
+        let key = Ordered::new(key);
+        match value {
+            Some(v) => self.rows.insert(key, v),
+            None => self.rows.remove(&key),
+        }
+    }
+
+    /// Every row, in key order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (K::SelfType<'_>, V::SelfType<'_>)> {
+        self.rows
+            .iter()
+            .map(|(k, v)| (K::from_bytes(&k.0), V::from_bytes(v)))
+    }
+
+    /// The rows from `from` on, in key order.
+    pub(super) fn from<'s>(
+        &'s self,
+        from: &K::SelfType<'_>,
+    ) -> impl Iterator<Item = (K::SelfType<'s>, V::SelfType<'s>)> + 's {
+        self.rows
+            .range((Bound::Included(Ordered::<K>::of(from)), Bound::Unbounded))
+            .map(|(k, v)| (K::from_bytes(&k.0), V::from_bytes(v)))
+    }
+
+    /// Fill from redb's table, which holds every row now.
+    fn load(&mut self, table: &impl ReadableTable<K, V>) -> Result<(), StoreError> {
+        for row in table.iter()? {
+            let (k, v) = row?;
+            self.rows.insert(
+                Ordered::of(&k.value()),
+                V::as_bytes(&v.value()).as_ref().to_vec(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The changes redb's table lacks, as (key, new value or `None` to remove).
+    fn unsaved(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.dirty
+            .iter()
+            .filter_map(|(key, held)| {
+                let now = self.rows.get(&Ordered::new(key.clone())).cloned();
+                // A row that came and went since redb last held the table costs nothing.
+                (now.is_some() || *held).then(|| (key.clone(), now))
+            })
+            .collect()
+    }
+}
+
+/// The dispatch state: the four tables, in memory.
+pub(super) struct Queues {
+    /// seq → `<target>\t<task>\t<not-before>\t<avoid>`: the order agents are woken in.
+    pub ready: Rows<u64, &'static str>,
+    /// (agent or `capability:<name>`, seq) → task id: what `check-inbox` claims from.
+    pub inbox: Rows<(&'static str, u64), &'static str>,
+    /// Tasks claimed by an activation that has not ended.
+    pub running: Rows<&'static str, ()>,
+    /// (running task, task it claimed through `check-inbox`).
+    pub claims: Rows<(&'static str, &'static str), ()>,
+}
+
+/// The dispatch state as the writer thread and the readers share it.
+pub(super) type Shared = Mutex<Queues>;
+
+/// Lock `shared`. A panic elsewhere leaves the maps whole: each change is one map
+/// operation.
+pub(super) fn lock(shared: &Shared) -> MutexGuard<'_, Queues> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Queues {
+    /// The state redb's file holds: call after the log has been redone into it.
+    pub(super) fn load(db: &redb::Database) -> Result<Queues, StoreError> {
+        use redb::ReadableDatabase as _;
+        let mut q = Queues {
+            ready: Rows::new(),
+            inbox: Rows::new(),
+            running: Rows::new(),
+            claims: Rows::new(),
+        };
+        let txn = db.begin_read()?;
+        q.ready.load(&txn.open_table(READY)?)?;
+        q.inbox.load(&txn.open_table(INBOX)?)?;
+        q.running.load(&txn.open_table(RUNNING)?)?;
+        q.claims.load(&txn.open_table(INBOX_CLAIMS)?)?;
+        Ok(q)
+    }
+
+    /// Rows redb's tables lack, to be written by the durable commit `txn` before it
+    /// commits. Once it has, call [`Queues::saved`].
+    pub(super) fn unsaved(&self) -> Unsaved {
+        Unsaved {
+            ready: self.ready.unsaved(),
+            inbox: self.inbox.unsaved(),
+            running: self.running.unsaved(),
+            claims: self.claims.unsaved(),
+        }
+    }
+
+    /// redb's durable state now holds every row: nothing is left to write.
+    pub(super) fn saved(&mut self) {
+        self.ready.dirty.clear();
+        self.inbox.dirty.clear();
+        self.running.dirty.clear();
+        self.claims.dirty.clear();
+    }
+}
+
+/// What [`Queues::unsaved`] found, copied out so the writer does not hold the lock
+/// while it writes them.
+pub(super) struct Unsaved {
+    ready: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    inbox: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    running: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    claims: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Unsaved {
+    /// Write the rows into `txn`.
+    pub(super) fn write(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        save(txn, READY, &self.ready)?;
+        save(txn, INBOX, &self.inbox)?;
+        save(txn, RUNNING, &self.running)?;
+        save(txn, INBOX_CLAIMS, &self.claims)
+    }
+}
+
+fn save<K: Key + 'static, V: Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    rows: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(def)?;
+    for (key, value) in rows {
+        match value {
+            Some(v) => {
+                table.insert(K::from_bytes(key), V::from_bytes(v))?;
+            }
+            None => {
+                table.remove(K::from_bytes(key))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The key and value types of one of the four tables, and where it is in [`Queues`]: a
+/// write names the table by its definition, as it names redb's.
+pub(super) trait Dispatched {
+    type K: Key + 'static;
+    type V: Value + 'static;
+    fn rows(q: &mut Queues) -> &mut Rows<Self::K, Self::V>;
+}
+
+macro_rules! dispatched {
+    ($($field:ident: $k:ty => $v:ty;)*) => {$(
+        impl Dispatched for ($k, $v) {
+            type K = $k;
+            type V = $v;
+            fn rows(q: &mut Queues) -> &mut Rows<$k, $v> {
+                &mut q.$field
+            }
+        }
+    )*};
+}
+
+dispatched! {
+    ready: u64 => &'static str;
+    inbox: (&'static str, u64) => &'static str;
+    running: &'static str => ();
+    claims: (&'static str, &'static str) => ();
+}
+
+/// Set a row of the table `(K, V)` names; the row before. See [`Rows::set`].
+pub(super) fn set<T: Dispatched>(
+    q: &mut Queues,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    track: bool,
+) -> Option<Vec<u8>> {
+    T::rows(q).set(key, value, track)
+}
+
+/// A write's changes to the dispatch state, newest last, each with the row it replaced:
+/// taken back, newest first, unless [`Undo::keep`] is called once the write's
+/// transaction has committed.
+#[derive(Default)]
+pub(super) struct Undo {
+    shared: Option<Arc<Shared>>,
+    changes: Vec<(Restore, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Puts a row of one table back.
+pub(super) type Restore = fn(&mut Queues, Vec<u8>, Option<Vec<u8>>);
+
+impl Undo {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Undo {
+            shared: Some(shared),
+            changes: Vec::new(),
+        }
+    }
+
+    /// Note that the row at `key`, through `restore`, was `before`.
+    pub(super) fn push(&mut self, restore: Restore, key: Vec<u8>, before: Option<Vec<u8>>) {
+        self.changes.push((restore, key, before));
+    }
+
+    /// The transaction committed: its changes stay.
+    pub(super) fn keep(mut self) {
+        self.changes.clear();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let Some(shared) = &self.shared else { return };
+        let mut q = lock(shared);
+        for (restore, key, before) in self.changes.drain(..).rev() {
+            restore(&mut q, key, before);
+        }
+    }
+}
+
+/// The [`Restore`] of table `T`: a row put back is still one redb may lack.
+pub(super) fn restore<T: Dispatched>(q: &mut Queues, key: Vec<u8>, before: Option<Vec<u8>>) {
+    T::rows(q).set(key, before, false);
+}
