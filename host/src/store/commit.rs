@@ -15,7 +15,8 @@
 //!   [`Store::durable`](super::Store::durable) before it tells anyone (the agent's
 //!   receipt, the operator's task id, the activation's end). Every [`CHECKPOINT`] bytes
 //!   of log, and once nothing has been written for [`IDLE`], the writer makes redb
-//!   durable and the log starts over.
+//!   durable, with the state kept in memory meanwhile (`dispatch`, `recent`) written
+//!   into it, and the log starts over.
 //!
 //! Why one transaction for many writes: redb's cost is mostly per transaction (copying
 //! the pages a write touches, checksums, the commit). Applied together, writes cost about
@@ -42,6 +43,7 @@ use redb::{Database, Durability};
 use tokio::sync::watch;
 
 use super::dispatch::{self, Shared};
+use super::recent::{self, Recent};
 use super::wal::{Known, LSN_COUNTER, SyncHandle, Tx, Wal};
 use super::{COUNTERS, StoreError, WriteFuture};
 
@@ -222,6 +224,7 @@ impl Syncer {
         wal: Wal,
         next: u64,
         queues: Arc<Shared>,
+        recent: Arc<Recent>,
     ) -> Result<Syncer, StoreError> {
         let log = wal.sync_handle()?;
         let at = next - 1;
@@ -242,6 +245,7 @@ impl Syncer {
         let mut writer = Writer {
             db,
             queues,
+            recent,
             wal,
             next,
             group: false,
@@ -408,6 +412,7 @@ impl Drop for Closing<'_> {
 struct Writer {
     db: Arc<Database>,
     queues: Arc<Shared>,
+    recent: Arc<Recent>,
     wal: Wal,
     /// The next frame's number.
     next: u64,
@@ -479,7 +484,12 @@ impl Writer {
                 }
             } else {
                 for mut w in batch {
-                    let outcome = immediate(&self.db, &self.queues, w.as_mut(), &mut self.known);
+                    let outcome = immediate(
+                        &self.db,
+                        (&self.queues, &self.recent),
+                        w.as_mut(),
+                        &mut self.known,
+                    );
                     self.unrecorded |= outcome.is_ok() && w.ack() == Ack::Acknowledged;
                     w.finish(outcome);
                 }
@@ -523,12 +533,13 @@ impl Writer {
         txn.set_durability(Durability::None)?;
         // Taken, not copied: if anything below fails, the next transaction reads what it
         // needs from the tables again.
-        let (known, undo) = {
+        let done = {
             let tx = Tx::new(
                 &txn,
                 Some(&log),
                 std::mem::take(&mut self.known),
                 &self.queues,
+                &self.recent,
             );
             // The frame's number, in the frame: redb then always says which frames it holds.
             tx.open_table(COUNTERS)?.insert(LSN_COUNTER, lsn)?;
@@ -538,8 +549,7 @@ impl Writer {
             tx.finish()?
         };
         txn.commit()?;
-        undo.keep();
-        self.known = known;
+        self.known = done.committed();
         self.next += 1;
         let acknowledged = writes
             .iter()
@@ -571,7 +581,7 @@ impl Writer {
     /// Make redb durable (an empty immediate commit writes every commit before it), so
     /// every frame is in it, and start the log over.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let flushed = flush(&self.db, &self.queues);
+        let flushed = flush(&self.db, &self.queues, &self.recent);
         let mut p = lock(&self.state.progress);
         match &flushed {
             Ok(()) => {
@@ -607,7 +617,7 @@ impl Writer {
 /// taken, and given back only if the transaction commits.
 fn immediate(
     db: &Database,
-    queues: &Arc<Shared>,
+    (queues, recent): (&Arc<Shared>, &Arc<Recent>),
     w: &mut dyn Write,
     known: &mut Known,
 ) -> Result<(), StoreError> {
@@ -615,12 +625,11 @@ fn immediate(
     if w.ack() == Ack::Lazy {
         txn.set_durability(Durability::None)?;
     }
-    let tx = Tx::new(&txn, None, std::mem::take(known), queues);
+    let tx = Tx::new(&txn, None, std::mem::take(known), queues, recent);
     caught(w, &tx)?;
-    let (left, undo) = tx.finish()?;
+    let done = tx.finish()?;
     txn.commit()?;
-    undo.keep();
-    *known = left;
+    *known = done.committed();
     Ok(())
 }
 
@@ -672,8 +681,9 @@ fn sync_log(log: &SyncHandle, state: &State) {
     }
 }
 
-/// An immediate commit of what the dispatch state's tables lack in redb (see
-/// `dispatch`): it writes every unsynced commit before it.
+/// An immediate commit of what redb lacks of the dispatch state (see `dispatch`) and of
+/// the rows kept in memory since the last checkpoint (see `recent`): it writes every
+/// unsynced commit before it.
 ///
 /// It also records redb's allocator state (quick repair). A host killed after it then
 /// reopens redb by loading that state, instead of redb rebuilding it by walking every
@@ -683,16 +693,19 @@ fn sync_log(log: &SyncHandle, state: &State) {
 /// would cost that fsync on every acknowledged write (p50 of a hand-off 0.73 to 0.77 ms
 /// without, 0.90 to 1.12 ms with). Under that policy the writer checkpoints after
 /// [`IDLE`] of quiet instead, so only a host killed while busy repairs at its next open.
-fn flush(db: &Database, queues: &Shared) -> Result<(), StoreError> {
+fn flush(db: &Database, queues: &Shared, kept: &Recent) -> Result<(), StoreError> {
     // Copied out: readers are not kept waiting through the fsync. Only this thread
-    // changes the dispatch state, so nothing changes it before `saved`.
+    // changes either, so nothing changes them before they are marked saved.
     let unsaved = dispatch::lock(queues).unsaved();
+    let rows = kept.unsaved();
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     txn.set_quick_repair(true);
     unsaved.write(&txn)?;
+    recent::write(&txn, &rows)?;
     txn.commit()?;
     dispatch::lock(queues).saved();
+    kept.saved();
     Ok(())
 }
 #[cfg(test)]
@@ -881,6 +894,12 @@ mod tests {
             last_len = len;
         }
         assert!(restarts >= 2, "the log started over {restarts} times");
+        // Memory keeps only what was written since the last checkpoint.
+        let kept = store.recent.unsaved()[0].len();
+        assert!(
+            kept < WRITES,
+            "{kept} task records of {WRITES} still kept in memory"
+        );
         assert!(
             last_len > 0,
             "the last writes were checkpointed: nothing to redo"
@@ -1070,30 +1089,44 @@ mod tests {
         claimed.into_iter().map(|t| t.id).collect()
     }
 
-    /// The rows of the dispatch state's tables in the redb file of a stopped store in
-    /// `dir`: wake queue, inboxes, running tasks.
-    fn rows_in_redb(dir: &std::path::Path) -> [usize; 3] {
-        use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+    /// What the redb file of a stopped store in `dir` holds of the state kept in memory:
+    /// rows of the wake queue, the inboxes, the running tasks and the grants, and each
+    /// task's status, in task order.
+    fn in_redb(dir: &std::path::Path) -> ([u64; 4], Vec<crate::store::Status>) {
+        use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
         let db = redb::Database::open(dir.join(crate::store::STORE_FILE)).unwrap();
         let txn = db.begin_read().unwrap();
-        let count = |n: u64| usize::try_from(n).unwrap();
-        [
-            count(txn.open_table(crate::store::READY).unwrap().len().unwrap()),
-            count(txn.open_table(crate::store::INBOX).unwrap().len().unwrap()),
-            count(
-                txn.open_table(crate::store::RUNNING)
+        let rows = [
+            txn.open_table(crate::store::READY).unwrap().len().unwrap(),
+            txn.open_table(crate::store::INBOX).unwrap().len().unwrap(),
+            txn.open_table(crate::store::RUNNING)
+                .unwrap()
+                .len()
+                .unwrap(),
+            txn.open_table(crate::store::GRANTS).unwrap().len().unwrap(),
+        ];
+        let statuses = txn
+            .open_table(crate::store::TASKS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let json = row.unwrap().1;
+                serde_json::from_str::<crate::store::TaskRecord>(json.value())
                     .unwrap()
-                    .len()
-                    .unwrap(),
-            ),
-        ]
+                    .status
+            })
+            .collect();
+        (rows, statuses)
     }
 
-    /// The wake queue, inboxes and running tasks live in memory under group commit;
-    /// the checkpoint a clean stop makes writes redb what they hold then, so the next
-    /// host finds the tasks still waiting, and redelivers the ones left running.
+    /// Under group commit the wake queue, inboxes and running tasks live in memory, and
+    /// so do tasks and grants written since the last checkpoint. The checkpoint of a
+    /// clean stop writes redb what they hold then: the next host finds every task as it
+    /// was, the waiting ones still waiting, and redelivers the ones left running.
     #[test]
-    fn a_checkpoint_leaves_redb_the_dispatch_state_as_it_was() {
+    fn a_checkpoint_leaves_redb_the_state_kept_in_memory() {
+        use crate::store::Status::{Completed, Pending, Running};
         let (dir, store) = group_store();
         let tasks: Vec<String> = (0..6).map(|i| acknowledged(&store, i)).collect();
         let running = claim(&store, 3);
@@ -1105,9 +1138,12 @@ mod tests {
         store.durable_blocking().unwrap();
         drop(store);
         assert_eq!(
-            rows_in_redb(dir.path()),
-            [3, 3, 2],
-            "redb's wake queue, inboxes and running tasks after the stop"
+            in_redb(dir.path()),
+            (
+                [3, 3, 2, 3],
+                vec![Completed, Running, Running, Pending, Pending, Pending]
+            ),
+            "redb's wake queue, inboxes, running tasks, grants and tasks after the stop"
         );
 
         let store = Store::open(dir.path()).unwrap();
@@ -1145,21 +1181,29 @@ mod tests {
         assert_eq!(store.inbox_depth("writer").unwrap(), 4);
     }
 
-    /// A write that fails takes its changes to the dispatch state back, alone or in a
-    /// batch with others, whose changes stay.
+    /// A write that fails takes back what it changed in memory (the dispatch state, a
+    /// task and a grant), alone or in a batch with others, whose changes stay: no reader
+    /// ever sees them.
     #[test]
-    fn a_write_that_fails_takes_its_dispatch_changes_back() {
+    fn a_write_that_fails_takes_back_what_it_changed_in_memory() {
         let (_dir, store) = group_store();
         let store = Arc::new(store);
         let failing = |store: &Store| {
             store.write(super::Ack::Acknowledged, |tx| {
                 tx.queue_insert(crate::store::READY, 999, "writer\tt-999\t0\t")?;
                 tx.queue_insert(crate::store::INBOX, ("writer", 999), "t-999")?;
+                tx.put(crate::store::TASKS, "t-999", "{}")?;
+                tx.put(crate::store::GRANTS, ("writer", "secret"), ())?;
                 Err::<(), _>(crate::store::StoreError::Missing("task", "t-999".into()))
             })
         };
+        let unseen = |store: &Store, when: &str| {
+            assert!(store.task("t-999").unwrap().is_none(), "{when}");
+            assert!(!store.is_granted("writer", "secret").unwrap(), "{when}");
+        };
         let err = failing(&store).wait().unwrap_err().to_string();
         assert!(err.contains("t-999"), "{err}");
+        unseen(&store, "alone");
         assert_eq!(store.inbox_depth("writer").unwrap(), 0);
         assert!(claim(&store, 10).is_empty());
 
@@ -1181,6 +1225,7 @@ mod tests {
         assert!(bad.join().unwrap().is_err());
         let mut tasks: Vec<String> = good.into_iter().map(|t| t.join().unwrap()).collect();
         tasks.sort();
+        unseen(&store, "in a batch");
         assert_eq!(store.inbox_depth("writer").unwrap(), 4);
         let mut claimed = claim(&store, 10);
         claimed.sort();

@@ -213,19 +213,25 @@ pub(super) struct Unsaved {
 impl Unsaved {
     /// Write the rows into `txn`.
     pub(super) fn write(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
-        save(txn, READY, &self.ready)?;
-        save(txn, INBOX, &self.inbox)?;
-        save(txn, RUNNING, &self.running)?;
-        save(txn, INBOX_CLAIMS, &self.claims)
+        save(txn, READY, pairs(&self.ready))?;
+        save(txn, INBOX, pairs(&self.inbox))?;
+        save(txn, RUNNING, pairs(&self.running))?;
+        save(txn, INBOX_CLAIMS, pairs(&self.claims))
     }
 }
 
-fn save<K: Key + 'static, V: Value + 'static>(
+fn pairs(rows: &[(Vec<u8>, Option<Vec<u8>>)]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    rows.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
+}
+
+/// Write `rows` (key, value or `None` to remove, as bytes) into `def` in `txn`.
+pub(super) fn save<'r, K: Key + 'static, V: Value + 'static>(
     txn: &WriteTransaction,
     def: TableDefinition<'static, K, V>,
-    rows: &[(Vec<u8>, Option<Vec<u8>>)],
+    rows: impl IntoIterator<Item = (&'r [u8], Option<&'r [u8]>)>,
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
         return Ok(());
     }
     let mut table = txn.open_table(def)?;

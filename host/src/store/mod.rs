@@ -15,6 +15,7 @@
 //! - `commit`: the commit policy, group commit and checkpoints.
 //! - `wal`: the write-ahead log that group commit fsyncs, and how a restart redoes it.
 //! - `dispatch`: the wake queue, inboxes and running tasks, kept in memory.
+//! - `recent`: tasks, handoffs and grants written since the last checkpoint, in memory.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
@@ -26,6 +27,7 @@ mod commit;
 mod dispatch;
 mod operator;
 mod queue;
+mod recent;
 pub mod records;
 mod streams;
 mod wal;
@@ -223,6 +225,7 @@ pub fn now_ms() -> u64 {
 pub struct Store {
     db: Arc<Database>,
     queues: Arc<dispatch::Shared>,
+    recent: Arc<recent::Recent>,
     path: PathBuf,
     syncer: commit::Syncer,
 }
@@ -287,10 +290,12 @@ impl Store {
     /// The store of `db`, in `dir`, its writer thread started on `log`.
     fn start(db: Database, dir: &Path, log: wal::Wal, next: u64) -> Result<Store, StoreError> {
         let queues = Arc::new(std::sync::Mutex::new(dispatch::Queues::load(&db)?));
+        let recent = Arc::new(recent::Recent::default());
         let db = Arc::new(db);
         Ok(Store {
-            syncer: commit::Syncer::start(db.clone(), log, next, queues.clone())?,
+            syncer: commit::Syncer::start(db.clone(), log, next, queues.clone(), recent.clone())?,
             queues,
+            recent,
             db,
             path: dir.join(STORE_FILE),
         })
@@ -389,6 +394,10 @@ impl Store {
 
     /// Whether a task delivered to `agent` pointed at `key`.
     pub fn is_granted(&self, agent: &str, key: &str) -> Result<bool, StoreError> {
+        let row = <(&str, &str) as redb::Value>::as_bytes(&(agent, key));
+        if self.recent.get(GRANTS.name(), &row).is_some() {
+            return Ok(true);
+        }
         Ok(self
             .db
             .begin_read()?
@@ -433,16 +442,16 @@ impl Store {
             let v = v.value();
             match v.split_once(':') {
                 Some(("t", id)) => {
-                    let t = tasks
-                        .get(id)?
+                    let t = self
+                        .row(&tasks, id)?
                         .ok_or_else(|| StoreError::Missing("task", id.into()))?;
-                    out.tasks.push(decode(id, t.value())?);
+                    out.tasks.push(t);
                 }
                 Some(("h", id)) => {
-                    let h = handoffs
-                        .get(id)?
+                    let h = self
+                        .row(&handoffs, id)?
                         .ok_or_else(|| StoreError::Missing("handoff", id.into()))?;
-                    out.handoffs.push(decode(id, h.value())?);
+                    out.handoffs.push(h);
                 }
                 _ => return Err(StoreError::Corrupt(root.into(), format!("chain row `{v}`"))),
             }
@@ -455,12 +464,27 @@ impl Store {
         table: TableDefinition<'static, &str, &str>,
         id: &str,
     ) -> Result<Option<T>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(table)?;
-        let Some(v) = t.get(id)? else {
-            return Ok(None);
-        };
-        decode(id, v.value()).map(Some)
+        // Read without a transaction when the record is kept in memory.
+        if let Some(kept) = self.recent.get(table.name(), id.as_bytes()) {
+            return decode_bytes(id, &kept).map(Some);
+        }
+        self.row(&self.db.begin_read()?.open_table(table)?, id)
+    }
+
+    /// The record `id` of `table` (open in a read transaction): the one kept in memory
+    /// since the last checkpoint, else redb's.
+    fn row<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &redb::ReadOnlyTable<&'static str, &'static str>,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        if let Some(kept) = self.recent.get(table.name(), id.as_bytes()) {
+            return decode_bytes(id, &kept).map(Some);
+        }
+        match table.get(id)? {
+            Some(v) => decode(id, v.value()).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -597,8 +621,7 @@ fn put_json<T: Serialize>(
     value: &T,
 ) -> Result<(), StoreError> {
     let json = serde_json::to_string(value).expect("records serialize");
-    txn.open_table(table)?.insert(id, json.as_str())?;
-    Ok(())
+    txn.put(table, id, json.as_str())
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(
@@ -614,11 +637,14 @@ fn try_get_json<T: for<'de> Deserialize<'de>>(
     table: TableDefinition<'static, &str, &str>,
     id: &str,
 ) -> Result<Option<T>, StoreError> {
-    let t = txn.open_table(table)?;
-    let Some(v) = t.get(id)? else {
-        return Ok(None);
-    };
-    decode(id, v.value()).map(Some)
+    match txn.get(table, id)? {
+        Some(json) => decode_bytes(id, &json).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn decode_bytes<T: for<'de> Deserialize<'de>>(id: &str, json: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(id: &str, json: &str) -> Result<T, StoreError> {

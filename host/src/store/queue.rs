@@ -624,7 +624,7 @@ fn deliver(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     put_json(txn, TASKS, &task.id, task)?;
     if let Some(key) = &task.pointer {
         let agent = task.agent.as_deref().unwrap_or(&task.to);
-        txn.open_table(GRANTS)?.insert((agent, key.as_str()), ())?;
+        txn.put(GRANTS, (agent, key.as_str()), ())?;
     }
     Ok(())
 }

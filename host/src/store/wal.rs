@@ -34,6 +34,7 @@ use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 use super::StoreError;
 use super::audit::Head;
 use super::dispatch::{self, Dispatched, Queues, Shared, Undo};
+use super::recent::{self, Bytes, Recent, Staged};
 
 /// The log, beside the redb file in the state directory.
 pub const WAL_FILE: &str = "store.wal";
@@ -57,7 +58,8 @@ const HEADER: usize = 16;
 /// many times it was drawn; a batch draws the same three counters dozens of times.
 ///
 /// The dispatch state's tables (see `dispatch`) are changed through it in memory, logged
-/// like the others; without a log they are also written through to redb.
+/// like the others; without a log they are also written through to redb. With a log,
+/// rows of tasks, handoffs and grants are held back from redb (see `recent`).
 pub(super) struct Tx<'a> {
     txn: &'a WriteTransaction,
     log: Option<&'a RefCell<Vec<u8>>>,
@@ -68,6 +70,28 @@ pub(super) struct Tx<'a> {
     queues: &'a Arc<Shared>,
     /// Its changes to the dispatch state, taken back if it does not commit.
     undo: RefCell<Undo>,
+    recent: &'a Arc<Recent>,
+    /// Its rows of the tables `recent` keeps, kept there once it has committed.
+    staged: RefCell<Staged>,
+}
+
+/// A transaction's work, once [finished](Tx::finish): what to keep once it has committed.
+/// Dropped instead, it takes back its changes to the dispatch state.
+pub(super) struct Done {
+    known: Known,
+    undo: Undo,
+    staged: Staged,
+    recent: Arc<Recent>,
+}
+
+impl Done {
+    /// The transaction committed: keep its changes, and give back what it knows of the
+    /// state it left, for the next transaction.
+    pub(super) fn committed(self) -> Known {
+        self.undo.keep();
+        self.recent.publish(self.staged);
+        self.known
+    }
 }
 
 /// What the writer knows of the store's committed state without reading it: carried from
@@ -90,13 +114,15 @@ struct Counter {
 }
 
 impl<'a> Tx<'a> {
-    /// Changes through this are applied to `txn` (or `queues`) and appended to `log`, if
-    /// any. `known` is what is known of the state as `txn` starts.
+    /// Changes through this are applied to `txn` (or `queues`, or held for `recent`)
+    /// and appended to `log`, if any. `known` is what is known of the state as `txn`
+    /// starts.
     pub(super) fn new(
         txn: &'a WriteTransaction,
         log: Option<&'a RefCell<Vec<u8>>>,
         known: Known,
         queues: &'a Arc<Shared>,
+        recent: &'a Arc<Recent>,
     ) -> Self {
         Tx {
             txn,
@@ -105,7 +131,71 @@ impl<'a> Tx<'a> {
             known: RefCell::new(known),
             queues,
             undo: RefCell::new(Undo::new(queues.clone())),
+            recent,
+            staged: RefCell::new(Staged::default()),
         }
+    }
+
+    /// Set `key` of `def` to `value`. With a log, a row of a table `recent` keeps is
+    /// logged and held back from redb; without, it goes to redb like any other.
+    pub(super) fn put<'k, 'v, K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<(), StoreError>
+    where
+        (K, V): Slotted<'a, K = K, V = V>,
+    {
+        let Some(slot) = recent::slot(def.name()) else {
+            return self.open_table(def)?.insert(key, value);
+        };
+        let (key, value) = (key.borrow(), value.borrow());
+        let bytes = K::as_bytes(key).as_ref().to_vec();
+        match self.log {
+            Some(log) => {
+                let value = V::as_bytes(value);
+                record(
+                    &mut log.borrow_mut(),
+                    INSERT,
+                    def.name(),
+                    &bytes,
+                    Some(value.as_ref()),
+                );
+            }
+            None => {
+                self.open_table(def)?.insert(key, value)?;
+                // Kept only if a checkpoint failed to save it: the newer row replaces it.
+                if self.recent.get(def.name(), &bytes).is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        let value = Bytes::from(V::as_bytes(value).as_ref());
+        self.staged.borrow_mut().put(slot, bytes, value);
+        Ok(())
+    }
+
+    /// The bytes of the value at `key` of `def`: what this transaction wrote there, else
+    /// what `recent` keeps, else what redb holds.
+    pub(super) fn get<'k, K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<Bytes>, StoreError>
+    where
+        (K, V): Slotted<'a, K = K, V = V>,
+    {
+        let bytes = K::as_bytes(key.borrow());
+        if let Some(slot) = recent::slot(def.name()) {
+            let kept = self.staged.borrow().get(slot, bytes.as_ref());
+            if let Some(v) = kept.or_else(|| self.recent.get(def.name(), bytes.as_ref())) {
+                return Ok(Some(v));
+            }
+        }
+        let table = self.open_table(def)?;
+        let value = redb::ReadableTable::get(&*table.inner, key.borrow())?;
+        Ok(value.map(|v| Bytes::from(V::as_bytes(&v.value()).as_ref())))
     }
 
     /// The dispatch state, to read. It is changed only through [`Tx::queue_insert`] and
@@ -219,10 +309,10 @@ impl<'a> Tx<'a> {
 
     /// Write the counters this transaction changed, and give back what it knows of the
     /// state it leaves: to be handed to the next transaction once `txn` has committed.
-    /// A transaction that changed a counter must be finished before it commits. The
-    /// [`Undo`] takes its changes to the dispatch state back unless it is kept once `txn`
-    /// has committed.
-    pub(super) fn finish(self) -> Result<(Known, Undo), StoreError> {
+    /// A transaction that changed a counter must be finished before it commits. Its
+    /// [`Done`] must be told once `txn` has committed; dropped, it takes the transaction's
+    /// changes to the dispatch state back.
+    pub(super) fn finish(self) -> Result<Done, StoreError> {
         let mut known = self.known.take();
         if known.counters.iter().any(|c| c.changed) {
             let mut table = self.open_table(super::COUNTERS)?;
@@ -231,7 +321,12 @@ impl<'a> Tx<'a> {
                 c.changed = false;
             }
         }
-        Ok((known, self.undo.take()))
+        Ok(Done {
+            known,
+            undo: self.undo.take(),
+            staged: self.staged.take(),
+            recent: self.recent.clone(),
+        })
     }
 
     /// Open `def` to read and change it. A table is open once at a time: opening it
@@ -320,7 +415,7 @@ pub(super) struct Table<'t, 'a, K: Key + 'static, V: Value + 'static> {
 }
 
 impl<K: Key + 'static, V: Value + 'static> Table<'_, '_, K, V> {
-    /// Set `key` to `value`.
+    /// Set `key` to `value`. (A table `recent` keeps is written through [`Tx::put`].)
     pub(super) fn insert<'k, 'v>(
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
@@ -328,6 +423,7 @@ impl<K: Key + 'static, V: Value + 'static> Table<'_, '_, K, V> {
     ) -> Result<(), StoreError> {
         let (key, value) = (key.borrow(), value.borrow());
         if let Some(log) = self.log {
+            held_back(self.def.name())?;
             let value = V::as_bytes(value);
             record(
                 &mut log.borrow_mut(),
@@ -348,6 +444,7 @@ impl<K: Key + 'static, V: Value + 'static> Table<'_, '_, K, V> {
     ) -> Result<(), StoreError> {
         let key = key.borrow();
         if let Some(log) = self.log {
+            held_back(self.def.name())?;
             record(
                 &mut log.borrow_mut(),
                 REMOVE,
@@ -366,6 +463,18 @@ impl<'a, K: Key + 'static, V: Value + 'static> Deref for Table<'_, 'a, K, V> {
 
     fn deref(&self) -> &Self::Target {
         &self.inner
+    }
+}
+
+/// Refuses a change made to redb directly to a table whose rows `recent` keeps: a later
+/// read would find the row kept there, not this one.
+fn held_back(table: &str) -> Result<(), StoreError> {
+    match recent::slot(table) {
+        Some(_) => Err(StoreError::Corrupt(
+            table.to_string(),
+            "a logged change to this table must go through `Tx::put`".into(),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -641,7 +750,7 @@ mod tests {
     use redb::{ReadableDatabase as _, ReadableTable as _};
 
     use super::*;
-    use crate::store::{Store, TASKS};
+    use crate::store::{STREAMS, Store};
 
     /// A table stays open for the rest of its transaction: a second use sees the first
     /// one's changes, both are logged, and opening it while it is in use is an error that
@@ -653,16 +762,22 @@ mod tests {
         let log = RefCell::new(Vec::new());
         let txn = store.db.begin_write().unwrap();
         {
-            let tx = Tx::new(&txn, Some(&log), Known::default(), &store.queues);
-            let mut first = tx.open_table(TASKS).unwrap();
+            let tx = Tx::new(
+                &txn,
+                Some(&log),
+                Known::default(),
+                &store.queues,
+                &store.recent,
+            );
+            let mut first = tx.open_table(STREAMS).unwrap();
             first.insert("t-1", "one").unwrap();
             let again = tx
-                .open_table(TASKS)
+                .open_table(STREAMS)
                 .err()
                 .expect("a second open is refused");
-            assert!(again.to_string().contains("tasks"), "{again}");
+            assert!(again.to_string().contains("streams"), "{again}");
             drop(first);
-            let mut second = tx.open_table(TASKS).unwrap();
+            let mut second = tx.open_table(STREAMS).unwrap();
             assert_eq!(second.get("t-1").unwrap().unwrap().value(), "one");
             second.insert("t-2", "two").unwrap();
         }
@@ -671,9 +786,9 @@ mod tests {
         let changes = changes(&logged).unwrap();
         let keys: Vec<&[u8]> = changes.iter().map(|c| c.key).collect();
         assert_eq!(keys, [b"t-1".as_slice(), b"t-2".as_slice()]);
-        assert!(changes.iter().all(|c| c.table == "tasks"));
+        assert!(changes.iter().all(|c| c.table == "streams"));
         let read = store.db.begin_read().unwrap();
-        let tasks = read.open_table(TASKS).unwrap();
-        assert_eq!(tasks.get("t-2").unwrap().unwrap().value(), "two");
+        let streams = read.open_table(STREAMS).unwrap();
+        assert_eq!(streams.get("t-2").unwrap().unwrap().value(), "two");
     }
 }

@@ -1,0 +1,128 @@
+//! The rows of tasks, handoffs and grants written since the last checkpoint, kept in
+//! memory: redb gets them at the next one.
+//!
+//! These three tables are only ever read one row at a time, by key, and they are the
+//! ones a handoff's steps read back: its task record is written at the hand-off, the
+//! claim and the end (some 700 bytes of JSON each time), and read back by the claim, the
+//! end and whoever waits for it; the grant the claim writes is read at every
+//! `read-blackboard`. In redb each of those writes was a change to a table in every
+//! transaction, and each read from outside the writer a read transaction of its own.
+//!
+//! Under group commit, a write to one of these tables is logged as before and kept here
+//! instead of in redb; the checkpoint's durable commit writes redb every row kept, and
+//! they are dropped from memory once it has committed. So memory holds at most a
+//! checkpoint's worth of log, and what survives a crash is unchanged: redb's durable
+//! state, then the log redone on it. Under [`CommitPolicy::Immediate`](super::CommitPolicy)
+//! the writes go to redb, as all others do, and nothing is kept here.
+//!
+//! A transaction's rows reach this only once it has committed ([`Staged`]): a reader
+//! never sees a task or a grant a failed write took back. A reader looks here first,
+//! then in redb: a row leaves here only after redb has committed it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
+
+use super::{GRANTS, HANDOFFS, StoreError, TASKS};
+
+/// A row's bytes, shared by the writer's transaction, this and its readers.
+pub(super) type Bytes = Arc<[u8]>;
+
+/// Rows of each table kept here, by the bytes of their keys.
+type Tables = [HashMap<Vec<u8>, Bytes>; 3];
+
+/// The place of the table called `name` among the tables kept here, if it is one.
+pub(super) fn slot(name: &str) -> Option<usize> {
+    [TASKS.name(), HANDOFFS.name(), GRANTS.name()]
+        .iter()
+        .position(|n| *n == name)
+}
+
+/// The rows kept, as the writer thread and readers share them.
+#[derive(Default)]
+pub(super) struct Recent {
+    tables: Mutex<Tables>,
+}
+
+impl Recent {
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        // Each change is one map operation: a panic elsewhere leaves the maps whole.
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The row at `key` of the table called `table`, if it is kept here.
+    pub(super) fn get(&self, table: &str, key: &[u8]) -> Option<Bytes> {
+        let slot = slot(table)?;
+        self.lock()[slot].get(key).cloned()
+    }
+
+    /// Keep the rows of a transaction that has committed.
+    pub(super) fn publish(&self, staged: Staged) {
+        if staged.is_empty() {
+            return;
+        }
+        let mut tables = self.lock();
+        for (table, rows) in tables.iter_mut().zip(staged.tables) {
+            table.extend(rows);
+        }
+    }
+
+    /// Every row kept, copied out so that readers are not kept waiting while the
+    /// checkpoint writes them. Only the writer thread changes the rows kept, so nothing
+    /// changes them before [`Recent::saved`].
+    pub(super) fn unsaved(&self) -> Tables {
+        self.lock().clone()
+    }
+
+    /// redb's durable state now holds every row kept: drop them.
+    pub(super) fn saved(&self) {
+        for table in self.lock().iter_mut() {
+            table.clear();
+        }
+    }
+}
+
+/// Write `rows` (copied out by [`Recent::unsaved`]) into `txn`.
+pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreError> {
+    let [tasks, handoffs, grants] = rows;
+    save(txn, TASKS, tasks)?;
+    save(txn, HANDOFFS, handoffs)?;
+    save(txn, GRANTS, grants)
+}
+
+fn save<K: Key + 'static, V: Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    rows: &HashMap<Vec<u8>, Bytes>,
+) -> Result<(), StoreError> {
+    super::dispatch::save(
+        txn,
+        def,
+        rows.iter().map(|(k, v)| (k.as_slice(), Some(&v[..]))),
+    )
+}
+
+/// A transaction's rows for these tables, held back until it commits.
+#[derive(Default)]
+pub(super) struct Staged {
+    tables: Tables,
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        self.tables.iter().all(HashMap::is_empty)
+    }
+
+    /// The row at `key` of table `slot`, if the transaction wrote it.
+    pub(super) fn get(&self, slot: usize, key: &[u8]) -> Option<Bytes> {
+        self.tables.get(slot)?.get(key).cloned()
+    }
+
+    /// Note that the transaction set `key` of table `slot` to `value`.
+    pub(super) fn put(&mut self, slot: usize, key: Vec<u8>, value: Bytes) {
+        if let Some(table) = self.tables.get_mut(slot) {
+            table.insert(key, value);
+        }
+    }
+}
