@@ -1090,9 +1090,9 @@ mod tests {
     }
 
     /// What the redb file of a stopped store in `dir` holds of the state kept in memory:
-    /// rows of the wake queue, the inboxes, the running tasks and the grants, and each
-    /// task's status, in task order.
-    fn in_redb(dir: &std::path::Path) -> ([u64; 4], Vec<crate::store::Status>) {
+    /// rows of the wake queue, the inboxes, the running tasks, the grants and the
+    /// blackboard's keys, and each task's status, in task order.
+    fn in_redb(dir: &std::path::Path) -> ([u64; 5], Vec<crate::store::Status>) {
         use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
         let db = redb::Database::open(dir.join(crate::store::STORE_FILE)).unwrap();
         let txn = db.begin_read().unwrap();
@@ -1104,6 +1104,10 @@ mod tests {
                 .len()
                 .unwrap(),
             txn.open_table(crate::store::GRANTS).unwrap().len().unwrap(),
+            txn.open_table(crate::store::BB_HEAD)
+                .unwrap()
+                .len()
+                .unwrap(),
         ];
         let statuses = txn
             .open_table(crate::store::TASKS)
@@ -1121,9 +1125,10 @@ mod tests {
     }
 
     /// Under group commit the wake queue, inboxes and running tasks live in memory, and
-    /// so do tasks and grants written since the last checkpoint. The checkpoint of a
-    /// clean stop writes redb what they hold then: the next host finds every task as it
-    /// was, the waiting ones still waiting, and redelivers the ones left running.
+    /// so do tasks, grants and entries written since the last checkpoint. The checkpoint
+    /// of a clean stop writes redb what they hold then: the next host finds every task
+    /// and entry as it was, the waiting tasks still waiting, and redelivers the ones left
+    /// running.
     #[test]
     fn a_checkpoint_leaves_redb_the_state_kept_in_memory() {
         use crate::store::Status::{Completed, Pending, Running};
@@ -1136,17 +1141,27 @@ mod tests {
             .wait()
             .unwrap();
         store.durable_blocking().unwrap();
+        let keys = store.keys("output/").unwrap();
+        assert_eq!(
+            keys.len(),
+            7,
+            "six handoffs' data and one outcome: {keys:?}"
+        );
+        let outcome = format!("output/writer/{}", running[0]);
+        assert!(keys.contains(&outcome), "{keys:?}");
         drop(store);
         assert_eq!(
             in_redb(dir.path()),
             (
-                [3, 3, 2, 3],
+                [3, 3, 2, 3, 7],
                 vec![Completed, Running, Running, Pending, Pending, Pending]
             ),
-            "redb's wake queue, inboxes, running tasks, grants and tasks after the stop"
+            "redb's wake queue, inboxes, running tasks, grants, keys and tasks after the stop"
         );
 
         let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.keys("output/").unwrap(), keys);
+        assert_eq!(store.read(&outcome, None).unwrap().unwrap().value, b"{}");
         assert_eq!(store.inbox_depth("writer").unwrap(), 3);
         assert_eq!(store.recover().wait().unwrap(), 2);
         assert_eq!(store.inbox_depth("writer").unwrap(), 5);
@@ -1230,5 +1245,20 @@ mod tests {
         let mut claimed = claim(&store, 10);
         claimed.sort();
         assert_eq!(claimed, tasks, "the failed write's task was claimable");
+    }
+
+    /// A reader that began reading redb before a checkpoint moved a row from memory to
+    /// redb still finds the row: it reads it in a transaction begun after.
+    #[test]
+    fn a_reader_finds_a_row_a_checkpoint_moved_to_redb_meanwhile() {
+        let (_dir, store) = group_store();
+        let task = acknowledged(&store, 0);
+        let mut reader = store.reader();
+        reader.txn().unwrap();
+        // The checkpoint's commit, made here while the writer thread waits for work.
+        super::flush(&store.db, &store.queues, &store.recent).unwrap();
+        let found: Option<crate::store::TaskRecord> =
+            reader.record(crate::store::TASKS, &task).unwrap();
+        assert_eq!(found.map(|t| t.id), Some(task));
     }
 }

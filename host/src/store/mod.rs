@@ -15,7 +15,8 @@
 //! - `commit`: the commit policy, group commit and checkpoints.
 //! - `wal`: the write-ahead log that group commit fsyncs, and how a restart redoes it.
 //! - `dispatch`: the wake queue, inboxes and running tasks, kept in memory.
-//! - `recent`: tasks, handoffs and grants written since the last checkpoint, in memory.
+//! - `recent`: tasks, handoffs, grants and entries written since the last checkpoint, in
+//!   memory.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
@@ -38,7 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+    Database, Key, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -349,61 +351,46 @@ impl Store {
 
     /// One version of `key` (the newest when `version` is `None`).
     pub fn read(&self, key: &str, version: Option<u64>) -> Result<Option<EntryRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let version = match version {
-            Some(v) => v,
-            None => match txn.open_table(BB_HEAD)?.get(key)? {
-                Some(v) => v.value(),
-                None => return Ok(None),
-            },
-        };
-        entry(
-            &txn.open_table(BB_META)?,
-            &txn.open_table(BB_VALUES)?,
-            key,
-            version,
-        )
+        self.reader().entry(key, version)
     }
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &str) -> Result<Vec<EntryRecord>, StoreError> {
-        let head = match self.db.begin_read()?.open_table(BB_HEAD)?.get(key)? {
-            Some(v) => v.value(),
-            None => return Ok(Vec::new()),
+        let mut reader = self.reader();
+        let Some(head) = reader.head(key)? else {
+            return Ok(Vec::new());
         };
         (1..=head)
-            .filter_map(|v| self.read(key, Some(v)).transpose())
+            .filter_map(|v| reader.entry(key, Some(v)).transpose())
             .collect()
     }
 
     /// Every key on the blackboard that starts with `prefix`, in order.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        // Those kept in memory first: a key that leaves them for redb meanwhile is then
+        // in the transaction begun after.
+        let mut keys: std::collections::BTreeSet<String> = self
+            .recent
+            .keys(BB_HEAD.name(), prefix.as_bytes())
+            .into_iter()
+            .filter_map(|k| String::from_utf8(k).ok())
+            .collect();
         let txn = self.db.begin_read()?;
         let head = txn.open_table(BB_HEAD)?;
-        let mut keys = Vec::new();
         for row in head.range(prefix..)? {
             let (k, _) = row?;
             let k = k.value();
             if !k.starts_with(prefix) {
                 break;
             }
-            keys.push(k.to_string());
+            keys.insert(k.to_string());
         }
-        Ok(keys)
+        Ok(keys.into_iter().collect())
     }
 
     /// Whether a task delivered to `agent` pointed at `key`.
     pub fn is_granted(&self, agent: &str, key: &str) -> Result<bool, StoreError> {
-        let row = <(&str, &str) as redb::Value>::as_bytes(&(agent, key));
-        if self.recent.get(GRANTS.name(), &row).is_some() {
-            return Ok(true);
-        }
-        Ok(self
-            .db
-            .begin_read()?
-            .open_table(GRANTS)?
-            .get((agent, key))?
-            .is_some())
+        Ok(self.reader().get(GRANTS, &(agent, key))?.is_some())
     }
 
     /// The task called `id`.
@@ -432,27 +419,26 @@ impl Store {
 
     /// Everything in the chain that starts at task `root`.
     pub fn chain(&self, root: &str) -> Result<Chain, StoreError> {
-        let txn = self.db.begin_read()?;
-        let chain = txn.open_table(CHAIN)?;
-        let tasks = txn.open_table(TASKS)?;
-        let handoffs = txn.open_table(HANDOFFS)?;
+        let mut reader = self.reader();
+        let rows: Vec<String> = reader
+            .txn()?
+            .open_table(CHAIN)?
+            .range((root, 0)..=(root, u64::MAX))?
+            .map(|row| row.map(|(_, v)| v.value().to_string()))
+            .collect::<Result<_, _>>()?;
         let mut out = Chain::default();
-        for row in chain.range((root, 0)..=(root, u64::MAX))? {
-            let (_, v) = row?;
-            let v = v.value();
+        for v in rows {
             match v.split_once(':') {
-                Some(("t", id)) => {
-                    let t = self
-                        .row(&tasks, id)?
-                        .ok_or_else(|| StoreError::Missing("task", id.into()))?;
-                    out.tasks.push(t);
-                }
-                Some(("h", id)) => {
-                    let h = self
-                        .row(&handoffs, id)?
-                        .ok_or_else(|| StoreError::Missing("handoff", id.into()))?;
-                    out.handoffs.push(h);
-                }
+                Some(("t", id)) => out.tasks.push(
+                    reader
+                        .record(TASKS, id)?
+                        .ok_or_else(|| StoreError::Missing("task", id.into()))?,
+                ),
+                Some(("h", id)) => out.handoffs.push(
+                    reader
+                        .record(HANDOFFS, id)?
+                        .ok_or_else(|| StoreError::Missing("handoff", id.into()))?,
+                ),
                 _ => return Err(StoreError::Corrupt(root.into(), format!("chain row `{v}`"))),
             }
         }
@@ -464,27 +450,92 @@ impl Store {
         table: TableDefinition<'static, &str, &str>,
         id: &str,
     ) -> Result<Option<T>, StoreError> {
-        // Read without a transaction when the record is kept in memory.
-        if let Some(kept) = self.recent.get(table.name(), id.as_bytes()) {
-            return decode_bytes(id, &kept).map(Some);
-        }
-        self.row(&self.db.begin_read()?.open_table(table)?, id)
+        self.reader().record(table, id)
     }
 
-    /// The record `id` of `table` (open in a read transaction): the one kept in memory
-    /// since the last checkpoint, else redb's.
-    fn row<T: for<'de> Deserialize<'de>>(
-        &self,
-        table: &redb::ReadOnlyTable<&'static str, &'static str>,
+    /// A reader of the committed state: what is kept in memory, else redb's.
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            store: self,
+            txn: None,
+        }
+    }
+}
+
+/// Reads the committed state for one call of [`Store`]: a row kept in memory since the
+/// last checkpoint (see `recent`) without a transaction, any other from redb, in a read
+/// transaction begun at the first such row, and begun again if a checkpoint has moved
+/// rows from memory to redb since.
+struct Reader<'s> {
+    store: &'s Store,
+    txn: Option<(u64, redb::ReadTransaction)>,
+}
+
+impl Reader<'_> {
+    /// The read transaction, begun if need be.
+    fn txn(&mut self) -> Result<&redb::ReadTransaction, StoreError> {
+        let generation = self.store.recent.generation();
+        self.txn_at(generation)
+    }
+
+    fn txn_at(&mut self, generation: u64) -> Result<&redb::ReadTransaction, StoreError> {
+        if self.txn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            self.txn = Some((generation, self.store.db.begin_read()?));
+        }
+        match &self.txn {
+            Some((_, txn)) => Ok(txn),
+            None => unreachable!("begun above"),
+        }
+    }
+
+    /// The bytes of the value at `key` of `def`.
+    fn get<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        def: TableDefinition<'static, K, V>,
+        key: &K::SelfType<'_>,
+    ) -> Result<Option<recent::Bytes>, StoreError> {
+        let (kept, generation) = self.store.recent.get(def.name(), K::as_bytes(key).as_ref());
+        if kept.is_some() {
+            return Ok(kept);
+        }
+        let table = self.txn_at(generation)?.open_table(def)?;
+        let value = table.get(key)?;
+        Ok(value.map(|v| recent::Bytes::from(V::as_bytes(&v.value()).as_ref())))
+    }
+
+    /// The record `id` of `table`, decoded.
+    fn record<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        table: TableDefinition<'static, &str, &str>,
         id: &str,
     ) -> Result<Option<T>, StoreError> {
-        if let Some(kept) = self.recent.get(table.name(), id.as_bytes()) {
-            return decode_bytes(id, &kept).map(Some);
-        }
-        match table.get(id)? {
-            Some(v) => decode(id, v.value()).map(Some),
+        match self.get(table, &id)? {
+            Some(json) => decode_bytes(id, &json).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The newest version of `key`.
+    fn head(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.get(BB_HEAD, &key)?.map(|v| u64::from_bytes(&v)))
+    }
+
+    /// One version of `key` (the newest when `version` is `None`).
+    fn entry(
+        &mut self,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<Option<EntryRecord>, StoreError> {
+        let version = match version {
+            Some(v) => v,
+            None => match self.head(key)? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        };
+        let meta = self.get(BB_META, &(key, version))?;
+        let value = self.get(BB_VALUES, &(key, version))?;
+        entry(key, version, meta.as_deref(), value.as_deref())
     }
 }
 
@@ -557,46 +608,47 @@ fn pending(
         .count() as u64
 }
 
-/// Version `version` of `key`, from the blackboard's tables in a read or a write
-/// transaction.
+/// Version `version` of `key`, from the bytes of its metadata and its value (`None`
+/// when there is no such version).
 fn entry(
-    meta: &impl ReadableTable<(&'static str, u64), &'static str>,
-    values: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     key: &str,
     version: u64,
+    meta: Option<&[u8]>,
+    value: Option<&[u8]>,
 ) -> Result<Option<EntryRecord>, StoreError> {
-    let Some(m) = meta.get((key, version))? else {
+    let Some(meta) = meta else {
         return Ok(None);
     };
-    let meta: EntryMeta = decode(key, m.value())?;
-    let value = values
-        .get((key, version))?
-        .map(|v| v.value().to_vec())
-        .unwrap_or_default();
+    let meta: EntryMeta = decode_bytes(key, meta)?;
     Ok(Some(EntryRecord {
         key: key.to_string(),
         version,
         writer: meta.writer,
         sha256: meta.sha256,
         written_at: meta.written_at,
-        value,
+        value: value.map(<[u8]>::to_vec).unwrap_or_default(),
     }))
+}
+
+/// Version `version` of `key`, as the writer's transaction `txn` sees it.
+fn entry_in(txn: &Tx<'_>, key: &str, version: u64) -> Result<Option<EntryRecord>, StoreError> {
+    let meta = txn.get(BB_META, (key, version))?;
+    let value = txn.get(BB_VALUES, (key, version))?;
+    entry(key, version, meta.as_deref(), value.as_deref())
 }
 
 /// Append a version of `key` written by `writer`.
 fn put(txn: &Tx<'_>, key: &str, writer: &str, value: &[u8], now: u64) -> Result<u64, StoreError> {
-    let mut head = txn.open_table(BB_HEAD)?;
-    let version = head.get(key)?.map_or(0, |v| v.value()) + 1;
-    head.insert(key, version)?;
+    let version = txn.get(BB_HEAD, key)?.map_or(0, |v| u64::from_bytes(&v)) + 1;
+    txn.put(BB_HEAD, key, version)?;
     let meta = EntryMeta {
         writer: writer.to_string(),
         sha256: hex(&Sha256::digest(value)),
         written_at: now,
     };
     let meta = serde_json::to_string(&meta).expect("entry metadata serializes");
-    txn.open_table(BB_META)?
-        .insert((key, version), meta.as_str())?;
-    txn.open_table(BB_VALUES)?.insert((key, version), value)?;
+    txn.put(BB_META, (key, version), meta.as_str())?;
+    txn.put(BB_VALUES, (key, version), value)?;
     Ok(version)
 }
 

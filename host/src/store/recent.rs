@@ -1,12 +1,13 @@
-//! The rows of tasks, handoffs and grants written since the last checkpoint, kept in
-//! memory: redb gets them at the next one.
+//! The rows of tasks, handoffs, grants and blackboard entries written since the last
+//! checkpoint, kept in memory: redb gets them at the next one.
 //!
-//! These three tables are only ever read one row at a time, by key, and they are the
-//! ones a handoff's steps read back: its task record is written at the hand-off, the
-//! claim and the end (some 700 bytes of JSON each time), and read back by the claim, the
-//! end and whoever waits for it; the grant the claim writes is read at every
-//! `read-blackboard`. In redb each of those writes was a change to a table in every
-//! transaction, and each read from outside the writer a read transaction of its own.
+//! These are the tables a handoff's steps write and read back: its task record is
+//! written at the hand-off, the claim and the end (some 700 bytes of JSON each time) and
+//! read back by the claim, the end and whoever waits for it; the claim's grant and the
+//! entry the hand-off wrote are read at `read-blackboard`. In redb each of those writes
+//! was a change to a table in every transaction, and each read from outside the writer
+//! a read transaction of its own. All but the blackboard's newest versions are read by
+//! key alone; `Store::keys` adds the keys kept here to redb's.
 //!
 //! Under group commit, a write to one of these tables is logged as before and kept here
 //! instead of in redb; the checkpoint's durable commit writes redb every row kept, and
@@ -17,44 +18,82 @@
 //!
 //! A transaction's rows reach this only once it has committed ([`Staged`]): a reader
 //! never sees a task or a grant a failed write took back. A reader looks here first,
-//! then in redb: a row leaves here only after redb has committed it.
+//! then in redb: a row leaves here only after redb has committed it, and each time rows
+//! leave, the [generation](Recent::get) changes, so that a reader knows to read redb in
+//! a transaction begun after that commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::{GRANTS, HANDOFFS, StoreError, TASKS};
+use super::{BB_HEAD, BB_META, BB_VALUES, GRANTS, HANDOFFS, StoreError, TASKS};
 
 /// A row's bytes, shared by the writer's transaction, this and its readers.
 pub(super) type Bytes = Arc<[u8]>;
 
+/// How many tables keep rows here.
+const KEPT: usize = 6;
+
 /// Rows of each table kept here, by the bytes of their keys.
-type Tables = [HashMap<Vec<u8>, Bytes>; 3];
+pub(super) type Tables = [HashMap<Vec<u8>, Bytes>; KEPT];
 
 /// The place of the table called `name` among the tables kept here, if it is one.
 pub(super) fn slot(name: &str) -> Option<usize> {
-    [TASKS.name(), HANDOFFS.name(), GRANTS.name()]
-        .iter()
-        .position(|n| *n == name)
+    let names: [&str; KEPT] = [
+        TASKS.name(),
+        HANDOFFS.name(),
+        GRANTS.name(),
+        BB_VALUES.name(),
+        BB_META.name(),
+        BB_HEAD.name(),
+    ];
+    names.iter().position(|n| *n == name)
 }
 
 /// The rows kept, as the writer thread and readers share them.
 #[derive(Default)]
 pub(super) struct Recent {
-    tables: Mutex<Tables>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tables: Tables,
+    /// How many times rows have left for redb.
+    generation: u64,
 }
 
 impl Recent {
-    fn lock(&self) -> MutexGuard<'_, Tables> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Each change is one map operation: a panic elsewhere leaves the maps whole.
-        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The row at `key` of the table called `table`, if it is kept here.
-    pub(super) fn get(&self, table: &str, key: &[u8]) -> Option<Bytes> {
-        let slot = slot(table)?;
-        self.lock()[slot].get(key).cloned()
+    /// The row at `key` of the table called `table`, if it is kept here; and the
+    /// generation: a row not kept here now is in redb's state as a read transaction
+    /// begun after this call sees it, and so is it as long as the generation is the same.
+    pub(super) fn get(&self, table: &str, key: &[u8]) -> (Option<Bytes>, u64) {
+        let state = self.lock();
+        let row = slot(table).and_then(|s| state.tables[s].get(key).cloned());
+        (row, state.generation)
+    }
+
+    /// How many times rows have left for redb: see [`Recent::get`].
+    pub(super) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The keys of the table called `table` kept here that start with `prefix`.
+    pub(super) fn keys(&self, table: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let state = self.lock();
+        slot(table).map_or_else(Vec::new, |s| {
+            state.tables[s]
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect()
+        })
     }
 
     /// Keep the rows of a transaction that has committed.
@@ -62,8 +101,8 @@ impl Recent {
         if staged.is_empty() {
             return;
         }
-        let mut tables = self.lock();
-        for (table, rows) in tables.iter_mut().zip(staged.tables) {
+        let mut state = self.lock();
+        for (table, rows) in state.tables.iter_mut().zip(staged.tables) {
             table.extend(rows);
         }
     }
@@ -72,12 +111,14 @@ impl Recent {
     /// checkpoint writes them. Only the writer thread changes the rows kept, so nothing
     /// changes them before [`Recent::saved`].
     pub(super) fn unsaved(&self) -> Tables {
-        self.lock().clone()
+        self.lock().tables.clone()
     }
 
     /// redb's durable state now holds every row kept: drop them.
     pub(super) fn saved(&self) {
-        for table in self.lock().iter_mut() {
+        let mut state = self.lock();
+        state.generation += 1;
+        for table in &mut state.tables {
             table.clear();
         }
     }
@@ -85,10 +126,13 @@ impl Recent {
 
 /// Write `rows` (copied out by [`Recent::unsaved`]) into `txn`.
 pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreError> {
-    let [tasks, handoffs, grants] = rows;
+    let [tasks, handoffs, grants, values, meta, head] = rows;
     save(txn, TASKS, tasks)?;
     save(txn, HANDOFFS, handoffs)?;
-    save(txn, GRANTS, grants)
+    save(txn, GRANTS, grants)?;
+    save(txn, BB_VALUES, values)?;
+    save(txn, BB_META, meta)?;
+    save(txn, BB_HEAD, head)
 }
 
 fn save<K: Key + 'static, V: Value + 'static>(

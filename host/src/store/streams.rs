@@ -12,8 +12,8 @@ use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
 use super::wal::Tx;
 use super::{
-    BB_META, BB_VALUES, HANDOFFS, Queued, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put,
-    put_json, try_get_json,
+    HANDOFFS, Queued, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put, put_json,
+    try_get_json,
 };
 use crate::store::records::*;
 
@@ -108,13 +108,8 @@ fn read_chunk(txn: &Tx<'_>, reader: &str, key: &str, after: u64) -> Outcome<Stre
             StreamRead::Pending
         }));
     }
-    let entry = super::entry(
-        &*txn.open_table(BB_META)?,
-        &*txn.open_table(BB_VALUES)?,
-        key,
-        after + 1,
-    )?
-    .ok_or_else(|| StoreError::Missing("chunk", format!("{key}@{}", after + 1)))?;
+    let entry = super::entry_in(txn, key, after + 1)?
+        .ok_or_else(|| StoreError::Missing("chunk", format!("{key}@{}", after + 1)))?;
     meta.read = meta.read.max(after + 1);
     meta.first_read_at.get_or_insert(now_ms());
     put_json(txn, STREAMS, key, &meta)?;

@@ -166,7 +166,7 @@ impl<'a> Tx<'a> {
             None => {
                 self.open_table(def)?.insert(key, value)?;
                 // Kept only if a checkpoint failed to save it: the newer row replaces it.
-                if self.recent.get(def.name(), &bytes).is_none() {
+                if self.recent.get(def.name(), &bytes).0.is_none() {
                     return Ok(());
                 }
             }
@@ -189,7 +189,7 @@ impl<'a> Tx<'a> {
         let bytes = K::as_bytes(key.borrow());
         if let Some(slot) = recent::slot(def.name()) {
             let kept = self.staged.borrow().get(slot, bytes.as_ref());
-            if let Some(v) = kept.or_else(|| self.recent.get(def.name(), bytes.as_ref())) {
+            if let Some(v) = kept.or_else(|| self.recent.get(def.name(), bytes.as_ref()).0) {
                 return Ok(Some(v));
             }
         }
