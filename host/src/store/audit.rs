@@ -5,10 +5,13 @@
 //! `hash = sha256(prev-hash || record-without-hash as JSON)`; the first record's
 //! `prev` is 64 zeros.
 
-use redb::{ReadableDatabase as _, ReadableTable as _};
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase as _, ReadableTable as _, TableHandle as _, Value as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::recent::Bytes;
 use super::wal::Tx;
 use super::{AUDIT, Queued, Store, StoreError, now_ms};
 use crate::manifest::hex;
@@ -91,14 +94,13 @@ fn digest(record: &AuditRecord) -> String {
 
 /// Append `e` to the log inside `txn`.
 pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> {
-    let mut table = txn.open_table(AUDIT)?;
     let head = match txn.audit_head() {
         Some(head) => head,
-        None => match table.last()? {
-            Some((k, v)) => {
-                let last: AuditRecord = super::decode("audit", v.value())?;
+        None => match txn.last(AUDIT)? {
+            Some((seq, json)) => {
+                let last: AuditRecord = super::decode_bytes("audit", &json)?;
                 Head {
-                    seq: k.value(),
+                    seq,
                     hash: last.hash,
                 }
             }
@@ -123,7 +125,7 @@ pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> 
     let body = serde_json::to_vec(&record).expect("audit records serialize");
     record.hash = chain_hash(&record.prev, &body);
     let json = serde_json::to_string(&record).expect("audit records serialize");
-    table.insert(seq, json.as_str())?;
+    txn.put(AUDIT, seq, json.as_str())?;
     txn.set_audit_head(Head {
         seq,
         hash: record.hash,
@@ -161,28 +163,36 @@ impl Store {
 
     /// Every audit record, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
-        table
-            .iter()?
-            .map(|row| {
-                let (_, v) = row?;
-                super::decode("audit", v.value())
-            })
+        self.audit_rows()?
+            .into_values()
+            .map(|json| super::decode_bytes("audit", &json))
             .collect()
+    }
+
+    /// Every audit record's bytes, by number: those kept in memory, then redb's (see
+    /// `recent`).
+    fn audit_rows(&self) -> Result<BTreeMap<u64, Bytes>, StoreError> {
+        let mut rows: BTreeMap<u64, Bytes> = self
+            .recent
+            .rows(AUDIT.name(), |_| true)
+            .into_iter()
+            .map(|(k, v)| (u64::from_bytes(&k), v))
+            .collect();
+        let txn = self.db.begin_read()?;
+        for row in txn.open_table(AUDIT)?.iter()? {
+            let (k, v) = row?;
+            rows.insert(k.value(), Bytes::from(v.value().as_bytes()));
+        }
+        Ok(rows)
     }
 
     /// Walk the chain and report the first record that is out of place or altered.
     pub fn audit_verify(&self) -> Result<AuditVerdict, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
         let mut prev = GENESIS.to_string();
         let mut expected = 1;
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let seq = k.value();
+        for (seq, json) in self.audit_rows()? {
             let broken = |reason: String| Ok(AuditVerdict::Broken { seq, reason });
-            let record: AuditRecord = match serde_json::from_str(v.value()) {
+            let record: AuditRecord = match serde_json::from_slice(&json) {
                 Ok(r) => r,
                 Err(e) => return broken(format!("does not decode: {e}")),
             };

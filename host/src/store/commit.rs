@@ -894,12 +894,19 @@ mod tests {
             last_len = len;
         }
         assert!(restarts >= 2, "the log started over {restarts} times");
-        // Memory keeps only what was written since the last checkpoint.
+        // Memory keeps only what was written since the last checkpoint; readers see the
+        // rows kept there and those already in redb as one.
         let kept = store.recent.unsaved()[0].len();
         assert!(
-            kept < WRITES,
-            "{kept} task records of {WRITES} still kept in memory"
+            kept > 0 && kept < WRITES,
+            "{kept} task records of {WRITES} kept in memory"
         );
+        let whole = crate::store::AuditVerdict::Whole {
+            records: WRITES as u64,
+        };
+        assert_eq!(store.audit_verify().unwrap(), whole);
+        assert_eq!(store.chain(&tasks[0]).unwrap().tasks.len(), 1);
+        assert_eq!(store.chain(&tasks[WRITES - 1]).unwrap().handoffs.len(), 1);
         assert!(
             last_len > 0,
             "the last writes were checkpointed: nothing to redo"
@@ -915,6 +922,7 @@ mod tests {
         let store = Store::open(killed.path()).unwrap();
         assert_kept(&store, &tasks, "after the kill");
         assert_eq!(store.inbox_depth("writer").unwrap(), WRITES as u64);
+        assert_eq!(store.audit_verify().unwrap(), whole);
     }
 
     /// A frame the crash cut short ends the log: the write in it, never fsynced and so

@@ -15,8 +15,8 @@
 //! - `commit`: the commit policy, group commit and checkpoints.
 //! - `wal`: the write-ahead log that group commit fsyncs, and how a restart redoes it.
 //! - `dispatch`: the wake queue, inboxes and running tasks, kept in memory.
-//! - `recent`: tasks, handoffs, grants and entries written since the last checkpoint, in
-//!   memory.
+//! - `recent`: what a handoff writes besides (tasks, handoffs, grants, entries, chains,
+//!   audit records) since the last checkpoint, in memory.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
@@ -371,9 +371,9 @@ impl Store {
         // in the transaction begun after.
         let mut keys: std::collections::BTreeSet<String> = self
             .recent
-            .keys(BB_HEAD.name(), prefix.as_bytes())
+            .rows(BB_HEAD.name(), |k| k.starts_with(prefix.as_bytes()))
             .into_iter()
-            .filter_map(|k| String::from_utf8(k).ok())
+            .filter_map(|(k, _)| String::from_utf8(k).ok())
             .collect();
         let txn = self.db.begin_read()?;
         let head = txn.open_table(BB_HEAD)?;
@@ -419,15 +419,27 @@ impl Store {
 
     /// Everything in the chain that starts at task `root`.
     pub fn chain(&self, root: &str) -> Result<Chain, StoreError> {
+        // Rows kept in memory first, then redb's, merged in order (see `recent`).
+        let mut rows: std::collections::BTreeMap<u64, String> = self
+            .recent
+            .rows(CHAIN.name(), |k| <(&str, u64)>::from_bytes(k).0 == root)
+            .into_iter()
+            .map(|(k, v)| {
+                let seq = <(&str, u64)>::from_bytes(&k).1;
+                (seq, String::from_utf8_lossy(&v).into_owned())
+            })
+            .collect();
         let mut reader = self.reader();
-        let rows: Vec<String> = reader
+        for row in reader
             .txn()?
             .open_table(CHAIN)?
             .range((root, 0)..=(root, u64::MAX))?
-            .map(|row| row.map(|(_, v)| v.value().to_string()))
-            .collect::<Result<_, _>>()?;
+        {
+            let (k, v) = row?;
+            rows.insert(k.value().1, v.value().to_string());
+        }
         let mut out = Chain::default();
-        for v in rows {
+        for v in rows.into_values() {
             match v.split_once(':') {
                 Some(("t", id)) => out.tasks.push(
                     reader

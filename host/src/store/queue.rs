@@ -543,12 +543,13 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
     } else {
         make_ready(txn, &task)?;
     }
-    let mut chain = txn.open_table(CHAIN)?;
-    chain.insert(
+    txn.put(
+        CHAIN,
         (root.as_str(), next(txn, "seq")?),
         format!("h:{hid}").as_str(),
     )?;
-    chain.insert(
+    txn.put(
+        CHAIN,
         (root.as_str(), next(txn, "seq")?),
         format!("t:{tid}").as_str(),
     )?;

@@ -1,13 +1,15 @@
-//! The rows of tasks, handoffs, grants and blackboard entries written since the last
-//! checkpoint, kept in memory: redb gets them at the next one.
+//! The rows of tasks, handoffs, grants, blackboard entries, chains and audit records
+//! written since the last checkpoint, kept in memory: redb gets them at the next one.
 //!
 //! These are the tables a handoff's steps write and read back: its task record is
 //! written at the hand-off, the claim and the end (some 700 bytes of JSON each time) and
 //! read back by the claim, the end and whoever waits for it; the claim's grant and the
 //! entry the hand-off wrote are read at `read-blackboard`. In redb each of those writes
 //! was a change to a table in every transaction, and each read from outside the writer
-//! a read transaction of its own. All but the blackboard's newest versions are read by
-//! key alone; `Store::keys` adds the keys kept here to redb's.
+//! a read transaction of its own. Most are read by key alone; a reader that lists rows
+//! (`Store::keys`, a chain, the audit log) takes those kept here first, then redb's in
+//! a transaction begun after, and merges them by key: a row that left for redb in
+//! between is then in that transaction.
 //!
 //! Under group commit, a write to one of these tables is logged as before and kept here
 //! instead of in redb; the checkpoint's durable commit writes redb every row kept, and
@@ -27,13 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::{BB_HEAD, BB_META, BB_VALUES, GRANTS, HANDOFFS, StoreError, TASKS};
+use super::{AUDIT, BB_HEAD, BB_META, BB_VALUES, CHAIN, GRANTS, HANDOFFS, StoreError, TASKS};
 
 /// A row's bytes, shared by the writer's transaction, this and its readers.
 pub(super) type Bytes = Arc<[u8]>;
 
 /// How many tables keep rows here.
-const KEPT: usize = 6;
+const KEPT: usize = 8;
 
 /// Rows of each table kept here, by the bytes of their keys.
 pub(super) type Tables = [HashMap<Vec<u8>, Bytes>; KEPT];
@@ -47,6 +49,8 @@ pub(super) fn slot(name: &str) -> Option<usize> {
         BB_VALUES.name(),
         BB_META.name(),
         BB_HEAD.name(),
+        CHAIN.name(),
+        AUDIT.name(),
     ];
     names.iter().position(|n| *n == name)
 }
@@ -84,14 +88,19 @@ impl Recent {
         self.lock().generation
     }
 
-    /// The keys of the table called `table` kept here that start with `prefix`.
-    pub(super) fn keys(&self, table: &str, prefix: &[u8]) -> Vec<Vec<u8>> {
+    /// The rows of the table called `table` kept here whose keys `wanted` picks, in no
+    /// order.
+    pub(super) fn rows(
+        &self,
+        table: &str,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Vec<(Vec<u8>, Bytes)> {
         let state = self.lock();
         slot(table).map_or_else(Vec::new, |s| {
             state.tables[s]
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
+                .iter()
+                .filter(|(k, _)| wanted(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
     }
@@ -126,13 +135,15 @@ impl Recent {
 
 /// Write `rows` (copied out by [`Recent::unsaved`]) into `txn`.
 pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreError> {
-    let [tasks, handoffs, grants, values, meta, head] = rows;
+    let [tasks, handoffs, grants, values, meta, head, chain, audit] = rows;
     save(txn, TASKS, tasks)?;
     save(txn, HANDOFFS, handoffs)?;
     save(txn, GRANTS, grants)?;
     save(txn, BB_VALUES, values)?;
     save(txn, BB_META, meta)?;
-    save(txn, BB_HEAD, head)
+    save(txn, BB_HEAD, head)?;
+    save(txn, CHAIN, chain)?;
+    save(txn, AUDIT, audit)
 }
 
 fn save<K: Key + 'static, V: Value + 'static>(
@@ -161,6 +172,11 @@ impl Staged {
     /// The row at `key` of table `slot`, if the transaction wrote it.
     pub(super) fn get(&self, slot: usize, key: &[u8]) -> Option<Bytes> {
         self.tables.get(slot)?.get(key).cloned()
+    }
+
+    /// The rows of table `slot` the transaction wrote.
+    pub(super) fn rows(&self, slot: usize) -> impl Iterator<Item = (&Vec<u8>, &Bytes)> {
+        self.tables.get(slot).into_iter().flatten()
     }
 
     /// Note that the transaction set `key` of table `slot` to `value`.

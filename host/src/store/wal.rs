@@ -198,6 +198,33 @@ impl<'a> Tx<'a> {
         Ok(value.map(|v| Bytes::from(V::as_bytes(&v.value()).as_ref())))
     }
 
+    /// The row of `def` with the greatest key, in this transaction's view. Only for a
+    /// table whose keys only grow (the audit log): rows this transaction wrote, then
+    /// those `recent` keeps, come after redb's.
+    pub(super) fn last(
+        &self,
+        def: TableDefinition<'static, u64, &'static str>,
+    ) -> Result<Option<(u64, Bytes)>, StoreError> {
+        let newest = |rows: &mut dyn Iterator<Item = (u64, Bytes)>| rows.max_by_key(|(k, _)| *k);
+        if let Some(slot) = recent::slot(def.name()) {
+            let staged = self.staged.borrow();
+            let mut written = staged
+                .rows(slot)
+                .map(|(k, v)| (u64::from_bytes(k), v.clone()));
+            if let Some(row) = newest(&mut written) {
+                return Ok(Some(row));
+            }
+            let kept = self.recent.rows(def.name(), |_| true);
+            let mut kept = kept.into_iter().map(|(k, v)| (u64::from_bytes(&k), v));
+            if let Some(row) = newest(&mut kept) {
+                return Ok(Some(row));
+            }
+        }
+        let table = self.open_table(def)?;
+        let last = redb::ReadableTable::last(&*table.inner)?;
+        Ok(last.map(|(k, v)| (k.value(), Bytes::from(v.value().as_bytes()))))
+    }
+
     /// The dispatch state, to read. It is changed only through [`Tx::queue_insert`] and
     /// [`Tx::queue_remove`]: let go of this before calling them.
     pub(super) fn queues(&self) -> MutexGuard<'a, Queues> {
