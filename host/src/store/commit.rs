@@ -766,22 +766,23 @@ mod tests {
         }
     }
 
-    /// Writes queued behind a busy writer are applied together; one that fails in the
-    /// batch fails alone, with its own error, and every other write of the batch commits.
-    #[test]
-    fn a_write_that_fails_in_a_batch_fails_alone() {
-        const GOOD: usize = 8;
-        let (dir, store) = group_store();
-        let store = Arc::new(store);
-        // Hold redb's write lock, so the writer thread waits and the writes queue up.
+    /// Hand off `good` + 1 tasks, acknowledged, and make the write `bad`, all queued
+    /// behind a writer held on redb's write lock: the writer takes the first hand-off
+    /// alone, then the others and `bad` as one batch. The tasks handed off, and what
+    /// `bad` returned.
+    fn in_one_batch<T: Send + 'static>(
+        store: &Arc<Store>,
+        good: usize,
+        bad: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> (Vec<String>, T) {
         let hold = store.db.begin_write().unwrap();
         let first = {
             let store = store.clone();
-            std::thread::spawn(move || store.hand_off(handoff(GOOD)).wait().unwrap().unwrap().task)
+            std::thread::spawn(move || acknowledged(&store, good))
         };
         // Time for the writer thread to take the first write and block on the lock.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let good: Vec<_> = (0..GOOD)
+        let others: Vec<_> = (0..good)
             .map(|i| {
                 let store = store.clone();
                 std::thread::spawn(move || acknowledged(&store, i))
@@ -789,19 +790,32 @@ mod tests {
             .collect();
         let bad = {
             let store = store.clone();
-            std::thread::spawn(move || store.complete("t-nowhere", "done", b"{}", 1_000).wait())
+            std::thread::spawn(move || bad(&store))
         };
-        // Every later write waits in the queue, to be applied as one batch.
         let since = std::time::Instant::now();
-        while super::lock(&store.syncer.state.progress).queue.len() < GOOD + 1 {
+        while super::lock(&store.syncer.state.progress).queue.len() < good + 1 {
             assert!(since.elapsed().as_secs() < 10, "the writes never queued up");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         drop(hold);
-        let err = bad.join().unwrap().unwrap_err().to_string();
-        assert!(err.contains("t-nowhere"), "{err}");
-        let mut tasks: Vec<String> = good.into_iter().map(|t| t.join().unwrap()).collect();
+        let bad = bad.join().unwrap();
+        let mut tasks: Vec<String> = others.into_iter().map(|t| t.join().unwrap()).collect();
         tasks.push(first.join().unwrap());
+        (tasks, bad)
+    }
+
+    /// Writes queued behind a busy writer are applied together; one that fails in the
+    /// batch fails alone, with its own error, and every other write of the batch commits.
+    #[test]
+    fn a_write_that_fails_in_a_batch_fails_alone() {
+        const GOOD: usize = 8;
+        let (dir, store) = group_store();
+        let store = Arc::new(store);
+        let (tasks, bad) = in_one_batch(&store, GOOD, |store| {
+            store.complete("t-nowhere", "done", b"{}", 1_000).wait()
+        });
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains("t-nowhere"), "{err}");
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_kept(&store, &tasks, "of the batch");
@@ -1230,26 +1244,12 @@ mod tests {
         assert_eq!(store.inbox_depth("writer").unwrap(), 0);
         assert!(claim(&store, 10).is_empty());
 
-        // Queued behind redb's write lock, the writes are applied as one batch, which
-        // the failing one aborts; each is then redone alone.
-        let hold = store.db.begin_write().unwrap();
-        let good: Vec<_> = (0..4)
-            .map(|i| {
-                let store = store.clone();
-                std::thread::spawn(move || acknowledged(&store, i))
-            })
-            .collect();
-        let bad = {
-            let store = store.clone();
-            std::thread::spawn(move || failing(&store).wait())
-        };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        drop(hold);
-        assert!(bad.join().unwrap().is_err());
-        let mut tasks: Vec<String> = good.into_iter().map(|t| t.join().unwrap()).collect();
+        // In a batch, which the failing write aborts; each is then redone alone.
+        let (mut tasks, bad) = in_one_batch(&store, 4, move |store| failing(store).wait());
+        assert!(bad.is_err());
         tasks.sort();
         unseen(&store, "in a batch");
-        assert_eq!(store.inbox_depth("writer").unwrap(), 4);
+        assert_eq!(store.inbox_depth("writer").unwrap(), 5);
         let mut claimed = claim(&store, 10);
         claimed.sort();
         assert_eq!(claimed, tasks, "the failed write's task was claimable");
