@@ -491,13 +491,11 @@ impl Reader<'_> {
     }
 
     fn txn_at(&mut self, generation: u64) -> Result<&redb::ReadTransaction, StoreError> {
-        if self.txn.as_ref().is_none_or(|(g, _)| *g != generation) {
-            self.txn = Some((generation, self.store.db.begin_read()?));
-        }
-        match &self.txn {
-            Some((_, txn)) => Ok(txn),
-            None => unreachable!("begun above"),
-        }
+        let txn = match self.txn.take() {
+            Some((g, txn)) if g == generation => txn,
+            _ => self.store.db.begin_read()?,
+        };
+        Ok(&self.txn.insert((generation, txn)).1)
     }
 
     /// The bytes of the value at `key` of `def`.

@@ -75,8 +75,8 @@ impl Recent {
     }
 
     /// The row at `key` of the table called `table`, if it is kept here; and the
-    /// generation: a row not kept here now is in redb's state as a read transaction
-    /// begun after this call sees it, and so is it as long as the generation is the same.
+    /// generation. A row not kept here now, if it exists, is in redb as any read
+    /// transaction sees it that was begun after a call that returned the same generation.
     pub(super) fn get(&self, table: &str, key: &[u8]) -> (Option<Bytes>, u64) {
         let state = self.lock();
         let row = slot(table).and_then(|s| state.tables[s].get(key).cloned());
