@@ -102,14 +102,15 @@ fn agent(id: &str, wasm: &'static [u8]) -> AgentSpec {
 
 /// Time `n` end-to-end handoffs to `to` with `pattern`, `in_flight` at a time: each of
 /// `in_flight` clients submits, waits until the callee's outcome is on disk, and submits
-/// again, while the host serves with one worker per client.
+/// again, while the host serves with one worker per client. Also the slowest handoff,
+/// in µs: a checkpoint under load shows there.
 async fn handoffs(
     host: &Host,
     to: &str,
     pattern: Pattern,
     n: usize,
     in_flight: usize,
-) -> anyhow::Result<Latency> {
+) -> anyhow::Result<(Latency, f64)> {
     let data = serde_json::to_vec(&json!({ "title": "bench", "body": "a small payload" }))?;
     let host = host.clone().with_workers(in_flight);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -157,7 +158,8 @@ async fn handoffs(
     let total = started.elapsed();
     let _ = stop.send(());
     server.await??;
-    Ok(latency(sample, total))
+    let slowest = sample.iter().max().map_or(0.0, |d| micros(*d));
+    Ok((latency(sample, total), slowest))
 }
 
 /// What a restart costs the host whose state is in `state`, if it were killed now: its
@@ -370,16 +372,16 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
     // Latency of one handoff alone, then throughput with `IN_FLIGHT` at once (whose
     // latencies, queueing included, go to `setup.loaded_latency_us`).
     let mut run = async |name: &str, to: &str, pattern| -> anyhow::Result<Latency> {
-        let alone = handoffs(&host, to, pattern, latency_runs, 1).await?;
+        let (alone, _) = handoffs(&host, to, pattern, latency_runs, 1).await?;
         let before = cpu_ticks();
-        let busy = handoffs(&host, to, pattern, handoff_runs, IN_FLIGHT).await?;
+        let (busy, slowest) = handoffs(&host, to, pattern, handoff_runs, IN_FLIGHT).await?;
         if let (Some(b), Some(a)) = (before, cpu_ticks()) {
             let us = (a - b) as f64 * 10_000.0 / handoff_runs as f64;
             cpu.insert(name.into(), json!(us.round()));
         }
         loaded.insert(
             name.into(),
-            json!({ "p50_us": busy.p50_us, "p99_us": busy.p99_us }),
+            json!({ "p50_us": busy.p50_us, "p99_us": busy.p99_us, "max_us": slowest }),
         );
         Ok(Latency {
             handoffs_per_s: busy.handoffs_per_s,
