@@ -5,7 +5,7 @@
 //! `hash = sha256(prev-hash || record-without-hash as JSON)`; the first record's
 //! `prev` is 64 zeros.
 
-use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableHandle as _, Value as _};
 use serde::{Deserialize, Serialize};
@@ -163,36 +163,60 @@ impl Store {
 
     /// Every audit record, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit_rows()?
-            .into_values()
-            .map(|json| super::decode_bytes("audit", &json))
-            .collect()
+        let mut records = Vec::new();
+        let walked = self.each_audit_row(|_, json| match super::decode_bytes("audit", json) {
+            Ok(record) => {
+                records.push(record);
+                ControlFlow::Continue(())
+            }
+            Err(e) => ControlFlow::Break(e),
+        })?;
+        match walked {
+            ControlFlow::Continue(()) => Ok(records),
+            ControlFlow::Break(e) => Err(e),
+        }
     }
 
-    /// Every audit record's bytes, by number: those kept in memory, then redb's (see
-    /// `recent`).
-    fn audit_rows(&self) -> Result<BTreeMap<u64, Bytes>, StoreError> {
-        let mut rows: BTreeMap<u64, Bytes> = self
+    /// Hand `each` every audit record's number and bytes, oldest first, until it breaks:
+    /// redb's, then those kept in memory after them (see `recent`). A record both hold,
+    /// moved to redb by a checkpoint meanwhile, is handed once.
+    fn each_audit_row<B>(
+        &self,
+        mut each: impl FnMut(u64, &[u8]) -> ControlFlow<B>,
+    ) -> Result<ControlFlow<B>, StoreError> {
+        // Kept rows first: one that leaves for redb in between is then in the
+        // transaction begun after.
+        let mut kept: Vec<(u64, Bytes)> = self
             .recent
             .rows(AUDIT.name(), |_| true)
             .into_iter()
             .map(|(k, v)| (u64::from_bytes(&k), v))
             .collect();
+        kept.sort_unstable_by_key(|(seq, _)| *seq);
         let txn = self.db.begin_read()?;
+        let mut last = 0;
         for row in txn.open_table(AUDIT)?.iter()? {
             let (k, v) = row?;
-            rows.insert(k.value(), Bytes::from(v.value().as_bytes()));
+            last = k.value();
+            if let ControlFlow::Break(b) = each(last, v.value().as_bytes()) {
+                return Ok(ControlFlow::Break(b));
+            }
         }
-        Ok(rows)
+        for (seq, json) in kept.iter().filter(|(seq, _)| *seq > last) {
+            if let ControlFlow::Break(b) = each(*seq, json) {
+                return Ok(ControlFlow::Break(b));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Walk the chain and report the first record that is out of place or altered.
     pub fn audit_verify(&self) -> Result<AuditVerdict, StoreError> {
         let mut prev = GENESIS.to_string();
         let mut expected = 1;
-        for (seq, json) in self.audit_rows()? {
-            let broken = |reason: String| Ok(AuditVerdict::Broken { seq, reason });
-            let record: AuditRecord = match serde_json::from_slice(&json) {
+        let walked = self.each_audit_row(|seq, json| {
+            let broken = |reason: String| ControlFlow::Break(AuditVerdict::Broken { seq, reason });
+            let record: AuditRecord = match serde_json::from_slice(json) {
                 Ok(r) => r,
                 Err(e) => return broken(format!("does not decode: {e}")),
             };
@@ -217,9 +241,13 @@ impl Store {
             }
             prev = record.hash;
             expected += 1;
-        }
-        Ok(AuditVerdict::Whole {
-            records: expected - 1,
+            ControlFlow::Continue(())
+        })?;
+        Ok(match walked {
+            ControlFlow::Break(verdict) => verdict,
+            ControlFlow::Continue(()) => AuditVerdict::Whole {
+                records: expected - 1,
+            },
         })
     }
 }
