@@ -1227,8 +1227,8 @@ mod tests {
         let store = Arc::new(store);
         let failing = |store: &Store| {
             store.write(super::Ack::Acknowledged, |tx| {
-                tx.queue_insert(crate::store::READY, 999, "writer\tt-999\t0\t")?;
-                tx.queue_insert(crate::store::INBOX, ("writer", 999), "t-999")?;
+                tx.put(crate::store::READY, 999, "writer\tt-999\t0\t")?;
+                tx.put(crate::store::INBOX, ("writer", 999), "t-999")?;
                 tx.put(crate::store::TASKS, "t-999", "{}")?;
                 tx.put(crate::store::GRANTS, ("writer", "secret"), ())?;
                 Err::<(), _>(crate::store::StoreError::Missing("task", "t-999".into()))

@@ -29,7 +29,7 @@ use std::marker::PhantomData;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
+use redb::{Key, ReadableTable, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::{INBOX, INBOX_CLAIMS, READY, RUNNING, StoreError};
 
@@ -248,41 +248,54 @@ pub(super) fn save<'r, K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
-/// The key and value types of one of the four tables, and where it is in [`Queues`]: a
-/// write names the table by its definition, as it names redb's.
-pub(super) trait Dispatched {
-    type K: Key + 'static;
-    type V: Value + 'static;
-    fn rows(q: &mut Queues) -> &mut Rows<Self::K, Self::V>;
+/// The place among the dispatch state's tables of the table called `name`, if it is one
+/// of them.
+pub(super) fn place(name: &str) -> Option<usize> {
+    [
+        READY.name(),
+        INBOX.name(),
+        RUNNING.name(),
+        INBOX_CLAIMS.name(),
+    ]
+    .iter()
+    .position(|n| *n == name)
 }
 
-macro_rules! dispatched {
-    ($($field:ident: $k:ty => $v:ty;)*) => {$(
-        impl Dispatched for ($k, $v) {
-            type K = $k;
-            type V = $v;
-            fn rows(q: &mut Queues) -> &mut Rows<$k, $v> {
-                &mut q.$field
-            }
+/// A table of the dispatch state, whatever its key and value types.
+trait Changed {
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, track: bool) -> Option<Vec<u8>>;
+}
+
+impl<K: Key + 'static, V: Value + 'static> Changed for Rows<K, V> {
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, track: bool) -> Option<Vec<u8>> {
+        Rows::set(self, key, value, track)
+    }
+}
+
+impl Queues {
+    /// The table at `place` (see [`place`]).
+    fn at(&mut self, place: usize) -> Option<&mut dyn Changed> {
+        match place {
+            0 => Some(&mut self.ready),
+            1 => Some(&mut self.inbox),
+            2 => Some(&mut self.running),
+            3 => Some(&mut self.claims),
+            _ => None,
         }
-    )*};
-}
+    }
 
-dispatched! {
-    ready: u64 => &'static str;
-    inbox: (&'static str, u64) => &'static str;
-    running: &'static str => ();
-    claims: (&'static str, &'static str) => ();
-}
-
-/// Set a row of the table `(K, V)` names; the row before. See [`Rows::set`].
-pub(super) fn set<T: Dispatched>(
-    q: &mut Queues,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    track: bool,
-) -> Option<Vec<u8>> {
-    T::rows(q).set(key, value, track)
+    /// Set the row at `key` (its bytes) of the table at `place` to `value` (`None`
+    /// removes it); the row before. With `track`, the row is noted for the next durable
+    /// commit to write.
+    pub(super) fn set(
+        &mut self,
+        place: usize,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        track: bool,
+    ) -> Option<Vec<u8>> {
+        self.at(place)?.set(key, value, track)
+    }
 }
 
 /// A write's changes to the dispatch state, newest last, each with the row it replaced:
@@ -291,11 +304,9 @@ pub(super) fn set<T: Dispatched>(
 #[derive(Default)]
 pub(super) struct Undo {
     shared: Option<Arc<Shared>>,
-    changes: Vec<(Restore, Vec<u8>, Option<Vec<u8>>)>,
+    /// The table's place, the key, and the row before.
+    changes: Vec<(usize, Vec<u8>, Option<Vec<u8>>)>,
 }
-
-/// Puts a row of one table back.
-pub(super) type Restore = fn(&mut Queues, Vec<u8>, Option<Vec<u8>>);
 
 impl Undo {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
@@ -305,9 +316,9 @@ impl Undo {
         }
     }
 
-    /// Note that the row at `key`, through `restore`, was `before`.
-    pub(super) fn push(&mut self, restore: Restore, key: Vec<u8>, before: Option<Vec<u8>>) {
-        self.changes.push((restore, key, before));
+    /// Note that the row at `key` of the table at `place` was `before`.
+    pub(super) fn push(&mut self, place: usize, key: Vec<u8>, before: Option<Vec<u8>>) {
+        self.changes.push((place, key, before));
     }
 
     /// The transaction committed: its changes stay.
@@ -323,13 +334,10 @@ impl Drop for Undo {
         }
         let Some(shared) = &self.shared else { return };
         let mut q = lock(shared);
-        for (restore, key, before) in self.changes.drain(..).rev() {
-            restore(&mut q, key, before);
+        // A row put back is still one redb may lack: its note for the next durable
+        // commit stays.
+        for (place, key, before) in self.changes.drain(..).rev() {
+            q.set(place, key, before, false);
         }
     }
-}
-
-/// The [`Restore`] of table `T`: a row put back is still one redb may lack.
-pub(super) fn restore<T: Dispatched>(q: &mut Queues, key: Vec<u8>, before: Option<Vec<u8>>) {
-    T::rows(q).set(key, before, false);
 }

@@ -191,7 +191,7 @@ impl Store {
                 .map(|(k, ())| k.to_string())
                 .collect();
             for id in &ids {
-                txn.queue_remove(RUNNING, id.as_str())?;
+                txn.remove(RUNNING, id.as_str())?;
                 release_claims(txn, id, true)?;
                 let mut task: TaskRecord = get_json(txn, TASKS, id)?;
                 task.status = Status::Pending;
@@ -265,8 +265,8 @@ fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRec
     let chosen = choose(txn.queues().ready.iter(), max, pick, now)?;
     let mut claimed = Vec::with_capacity(chosen.len());
     for ((seq, target, tid), agent) in chosen {
-        txn.queue_remove(READY, seq)?;
-        txn.queue_remove(INBOX, (target.as_str(), seq))?;
+        txn.remove(READY, seq)?;
+        txn.remove(INBOX, (target.as_str(), seq))?;
         let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
         task.status = Status::Running;
         task.agent = Some(agent);
@@ -275,7 +275,7 @@ fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRec
             // A pull task's deadline is a lease, renewed at each delivery.
             task.deadline = now.saturating_add(task.budget_ms);
         }
-        txn.queue_insert(RUNNING, tid.as_str(), ())?;
+        txn.put(RUNNING, tid.as_str(), ())?;
         deliver(txn, &task)?;
         claimed.push(task);
     }
@@ -306,13 +306,13 @@ fn claim_inbox_in(
         if task.not_before > now {
             continue;
         }
-        txn.queue_remove(INBOX, (agent, seq))?;
-        txn.queue_remove(READY, seq)?;
+        txn.remove(INBOX, (agent, seq))?;
+        txn.remove(READY, seq)?;
         task.status = Status::Delivered;
         task.agent = Some(agent.to_string());
         task.finished_at = Some(now);
         deliver(txn, &task)?;
-        txn.queue_insert(INBOX_CLAIMS, (claimer, task.id.as_str()), ())?;
+        txn.put(INBOX_CLAIMS, (claimer, task.id.as_str()), ())?;
         claimed.push(task);
     }
     Ok(claimed)
@@ -337,7 +337,7 @@ fn complete_in(
     task.outcome_summary = Some(summary.to_string());
     task.error = None;
     put_json(txn, TASKS, &task.id, &task)?;
-    txn.queue_remove(RUNNING, task.id.as_str())?;
+    txn.remove(RUNNING, task.id.as_str())?;
     // What it claimed through `check-inbox` was handled with it.
     release_claims(txn, &task.id, false)?;
     end_handoffs_of(txn, &task.id)?;
@@ -564,7 +564,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
 pub(super) fn make_ready(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     put_json(txn, TASKS, &task.id, task)?;
     let seq = next(txn, "seq")?;
-    txn.queue_insert(INBOX, (task.to.as_str(), seq), task.id.as_str())?;
+    txn.put(INBOX, (task.to.as_str(), seq), task.id.as_str())?;
     let entry = format!(
         "{}\t{}\t{}\t{}",
         task.to,
@@ -572,7 +572,7 @@ pub(super) fn make_ready(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreErr
         task.not_before,
         task.failed_on.join(",")
     );
-    txn.queue_insert(READY, seq, entry.as_str())?;
+    txn.put(READY, seq, entry.as_str())?;
     Ok(())
 }
 
@@ -587,7 +587,7 @@ fn release_claims(txn: &Tx<'_>, claimer: &str, give_back: bool) -> Result<(), St
         .map(|((_, id), ())| id.to_string())
         .collect();
     for id in &claimed {
-        txn.queue_remove(INBOX_CLAIMS, (claimer, id.as_str()))?;
+        txn.remove(INBOX_CLAIMS, (claimer, id.as_str()))?;
         if !give_back {
             continue;
         }
@@ -677,7 +677,7 @@ fn fail_in(
 ) -> Result<TaskRecord, StoreError> {
     let now = now_ms();
     let mut task: TaskRecord = get_json(txn, TASKS, task_id)?;
-    txn.queue_remove(RUNNING, task.id.as_str())?;
+    txn.remove(RUNNING, task.id.as_str())?;
     task.error = Some(reason.to_string());
     let applied = |action: &str, next_task: Option<String>| FallbackApplied {
         reason: kind,

@@ -33,7 +33,7 @@ use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::StoreError;
 use super::audit::Head;
-use super::dispatch::{self, Dispatched, Queues, Shared, Undo};
+use super::dispatch::{self, Queues, Shared, Undo};
 use super::recent::{self, Bytes, Recent, Staged};
 
 /// The log, beside the redb file in the state directory.
@@ -136,8 +136,9 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Set `key` of `def` to `value`. With a log, a row of a table `recent` keeps is
-    /// logged and held back from redb; without, it goes to redb like any other.
+    /// Set `key` of `def` to `value`. A row of the dispatch state is set in memory (see
+    /// `dispatch`). With a log, a row of a table `recent` keeps is logged and held back
+    /// from redb; without, it goes to redb like any other.
     pub(super) fn put<'k, 'v, K: Key + 'static, V: Value + 'static>(
         &self,
         def: TableDefinition<'static, K, V>,
@@ -147,6 +148,11 @@ impl<'a> Tx<'a> {
     where
         (K, V): Slotted<'a, K = K, V = V>,
     {
+        if let Some(place) = dispatch::place(def.name()) {
+            let key = K::as_bytes(key.borrow()).as_ref().to_vec();
+            let value = V::as_bytes(value.borrow()).as_ref().to_vec();
+            return self.queue_set((place, def), key, Some(value));
+        }
         let Some(slot) = recent::slot(def.name()) else {
             return self.open_table(def)?.insert(key, value);
         };
@@ -174,6 +180,25 @@ impl<'a> Tx<'a> {
         let value = Bytes::from(V::as_bytes(value).as_ref());
         self.staged.borrow_mut().put(slot, bytes, value);
         Ok(())
+    }
+
+    /// Remove `key` from `def`, if it is there. A row of the dispatch state is removed in
+    /// memory (see `dispatch`).
+    pub(super) fn remove<'k, K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<(), StoreError>
+    where
+        (K, V): Slotted<'a, K = K, V = V>,
+    {
+        match dispatch::place(def.name()) {
+            Some(place) => {
+                let key = K::as_bytes(key.borrow()).as_ref().to_vec();
+                self.queue_set((place, def), key, None)
+            }
+            None => self.open_table(def)?.remove(key),
+        }
     }
 
     /// The bytes of the value at `key` of `def`: what this transaction wrote there, else
@@ -225,50 +250,22 @@ impl<'a> Tx<'a> {
         Ok(last.map(|(k, v)| (k.value(), Bytes::from(v.value().as_bytes()))))
     }
 
-    /// The dispatch state, to read. It is changed only through [`Tx::queue_insert`] and
-    /// [`Tx::queue_remove`]: let go of this before calling them.
+    /// The dispatch state, to read. It is changed only through [`Tx::put`] and
+    /// [`Tx::remove`]: let go of this before calling them.
     pub(super) fn queues(&self) -> MutexGuard<'a, Queues> {
         dispatch::lock(self.queues)
     }
 
-    /// Set `key` to `value` in the dispatch state's table `def`.
-    pub(super) fn queue_insert<'k, 'v, K: Key + 'static, V: Value + 'static>(
-        &self,
-        def: TableDefinition<'static, K, V>,
-        key: impl Borrow<K::SelfType<'k>>,
-        value: impl Borrow<V::SelfType<'v>>,
-    ) -> Result<(), StoreError>
-    where
-        (K, V): Dispatched<K = K, V = V> + Slotted<'a, K = K, V = V>,
-    {
-        let value = V::as_bytes(value.borrow()).as_ref().to_vec();
-        self.queue_set(
-            def,
-            K::as_bytes(key.borrow()).as_ref().to_vec(),
-            Some(value),
-        )
-    }
-
-    /// Remove `key` from the dispatch state's table `def`, if it is there.
-    pub(super) fn queue_remove<'k, K: Key + 'static, V: Value + 'static>(
-        &self,
-        def: TableDefinition<'static, K, V>,
-        key: impl Borrow<K::SelfType<'k>>,
-    ) -> Result<(), StoreError>
-    where
-        (K, V): Dispatched<K = K, V = V> + Slotted<'a, K = K, V = V>,
-    {
-        self.queue_set(def, K::as_bytes(key.borrow()).as_ref().to_vec(), None)
-    }
-
+    /// Set `key` (its bytes) of the dispatch state's table at `place`, `def`, to
+    /// `value` (`None` removes it).
     fn queue_set<K: Key + 'static, V: Value + 'static>(
         &self,
-        def: TableDefinition<'static, K, V>,
+        (place, def): (usize, TableDefinition<'static, K, V>),
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) -> Result<(), StoreError>
     where
-        (K, V): Dispatched<K = K, V = V> + Slotted<'a, K = K, V = V>,
+        (K, V): Slotted<'a, K = K, V = V>,
     {
         match self.log {
             Some(log) => {
@@ -291,10 +288,8 @@ impl<'a> Tx<'a> {
             }
         }
         let tracked = self.log.is_some();
-        let before = dispatch::set::<(K, V)>(&mut self.queues(), key.clone(), value, tracked);
-        self.undo
-            .borrow_mut()
-            .push(dispatch::restore::<(K, V)>, key, before);
+        let before = self.queues().set(place, key.clone(), value, tracked);
+        self.undo.borrow_mut().push(place, key, before);
         Ok(())
     }
 
@@ -442,7 +437,7 @@ pub(super) struct Table<'t, 'a, K: Key + 'static, V: Value + 'static> {
 }
 
 impl<K: Key + 'static, V: Value + 'static> Table<'_, '_, K, V> {
-    /// Set `key` to `value`. (A table `recent` keeps is written through [`Tx::put`].)
+    /// Set `key` to `value`. (A table kept in memory is written through [`Tx::put`].)
     pub(super) fn insert<'k, 'v>(
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
@@ -493,16 +488,16 @@ impl<'a, K: Key + 'static, V: Value + 'static> Deref for Table<'_, 'a, K, V> {
     }
 }
 
-/// Refuses a change made to redb directly to a table whose rows `recent` keeps: a later
-/// read would find the row kept there, not this one.
+/// Refuses a logged change made to redb directly to a table kept in memory (`dispatch`,
+/// `recent`): a later read would find the row kept there, not this one.
 fn held_back(table: &str) -> Result<(), StoreError> {
-    match recent::slot(table) {
-        Some(_) => Err(StoreError::Corrupt(
+    if recent::slot(table).is_some() || dispatch::place(table).is_some() {
+        return Err(StoreError::Corrupt(
             table.to_string(),
-            "a logged change to this table must go through `Tx::put`".into(),
-        )),
-        None => Ok(()),
+            "a logged change to this table must go through `Tx::put` or `Tx::remove`".into(),
+        ));
     }
+    Ok(())
 }
 
 fn record(log: &mut Vec<u8>, op: u8, table: &str, key: &[u8], value: Option<&[u8]>) {
