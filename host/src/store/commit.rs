@@ -7,16 +7,24 @@
 //! - [`CommitPolicy::Immediate`]: every write is a transaction of its own, and every
 //!   acknowledged write commits with an fsync of its own.
 //! - [`CommitPolicy::Group`]: the writer thread applies every write waiting for it in
-//!   *one* transaction, commits it without an fsync, and appends the changes it made to
-//!   the write-ahead log as one frame (see `wal`). A second thread, `baton-wal`, fsyncs
-//!   the log whenever an acknowledged write waits for it; writes that arrive during an
-//!   fsync are covered by the next one, so fsyncs are shared without waiting on a timer.
-//!   Nothing is acknowledged before its frame's fsync: the caller of a write waits for
+//!   *one* transaction and appends the changes it made to the write-ahead log as one
+//!   frame (see `wal`). Most of those changes are kept in memory (`dispatch`, `recent`);
+//!   only a batch that changed a table redb holds itself commits a redb transaction, and
+//!   without an fsync. A second thread, `baton-wal`, fsyncs the log whenever an
+//!   acknowledged write waits for it; writes that arrive during an fsync are covered by
+//!   the next one, so fsyncs are shared without waiting on a timer. Nothing is
+//!   acknowledged before its frame's fsync: the caller of a write waits for
 //!   [`Store::durable`](super::Store::durable) before it tells anyone (the agent's
-//!   receipt, the operator's task id, the activation's end). Every [`CHECKPOINT`] bytes
-//!   of log, and once nothing has been written for [`IDLE`], the writer makes redb
-//!   durable, with the state kept in memory meanwhile (`dispatch`, `recent`) written
-//!   into it, and the log starts over.
+//!   receipt, the operator's task id, the activation's end).
+//! - Checkpoints: every [`CHECKPOINT`] bytes of log, the writer hands the state kept
+//!   in memory so far to a third thread, `baton-checkpoint`, and logs on to the log's
+//!   other file. That thread writes the state into redb in one durable commit, which
+//!   also says the last frame it holds, and drops it from memory; the file the writer
+//!   left is then written over when its turn comes again. The writer goes on meanwhile:
+//!   before, the commit of some 50,000 rows stopped every write for 120 to 170 ms. Once
+//!   nothing has been written for [`IDLE`], when the store closes, when the policy
+//!   changes, and after a failure, the writer checkpoints itself (after the one under
+//!   way), and both files start over.
 //!
 //! Why one transaction for many writes: redb's cost is mostly per transaction (copying
 //! the pages a write touches, checksums, the commit). Applied together, writes cost about
@@ -29,12 +37,15 @@
 //! then the log's frames, in order, up to the first one that did not reach the disk. A
 //! write seen by another activation before its fsync (a task claimed from an inbox) is
 //! safe by the prefix rule: a crash that loses the write loses everything that followed
-//! from it, and the writer, never acknowledged, is redelivered.
+//! from it, and the writer, never acknowledged, is redelivered. A checkpoint's commit
+//! may also carry redb commits of batches logged after the last frame it holds (made
+//! while it ran): the restart redoes those frames, which writes the same bytes again.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::future::IntoFuture;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,10 +53,10 @@ use std::time::Duration;
 use redb::{Database, Durability};
 use tokio::sync::watch;
 
-use super::dispatch::{self, Shared};
-use super::recent::{self, Recent};
+use super::dispatch::{self, Shared, Unsaved};
+use super::recent::{self, Recent, Tables};
 use super::wal::{Known, LSN_COUNTER, SyncHandle, Tx, Wal};
-use super::{COUNTERS, StoreError, WriteFuture};
+use super::{StoreError, WriteFuture};
 
 /// Log bytes after which the writer makes redb durable and starts the log over: a bound
 /// on what a restart redoes, and on the pages redb holds unsynced. Unit tests checkpoint
@@ -189,6 +200,11 @@ struct Progress {
     stop: bool,
     /// The writer thread ended; the log's thread ends too.
     ended: bool,
+    /// Handles on the files the log went on to, oldest first, for the fsync thread: it
+    /// fsyncs the file it holds before it takes the next.
+    swaps: Vec<SyncHandle>,
+    /// A checkpoint runs on its own thread.
+    folding: bool,
 }
 
 /// The progress, and who waits on it: the writer thread (`work`), callers of `durable`
@@ -252,6 +268,7 @@ impl Syncer {
             known: Known::default(),
             unrecorded: false,
             state: state.clone(),
+            folding: None,
         };
         let policy = group.clone();
         let thread = std::thread::Builder::new()
@@ -311,6 +328,15 @@ impl Syncer {
         let p = lock(&self.state.progress);
         check(&p, p.committed)?;
         Ok((p.committed > p.synced).then_some(p.committed))
+    }
+
+    /// Wait until no checkpoint runs on its own thread: a test's way to copy the store's
+    /// files as a kill would leave them between checkpoints.
+    #[cfg(test)]
+    pub(super) fn between_checkpoints(&self) {
+        while lock(&self.state.progress).folding {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Acknowledged writes logged, and the fsyncs of the log, so far.
@@ -425,6 +451,9 @@ struct Writer {
     /// would cost a repair at the next open, so the writer checkpoints once quiet.
     unrecorded: bool,
     state: Arc<State>,
+    /// The checkpoint running on its own thread, if one is: its last frame, and the
+    /// dispatch state's changes it writes, to be noted again if it fails.
+    folding: Option<(u64, Arc<Unsaved>)>,
 }
 
 impl Writer {
@@ -437,15 +466,26 @@ impl Writer {
             let state = state.clone();
             std::thread::Builder::new()
                 .name("baton-wal".into())
-                .spawn(move || sync_log(&log, &state))
+                .spawn(move || sync_log(log, &state))
                 .expect("spawn the log's fsync thread")
         };
+        let (folds, folded) = {
+            let (to, from) = mpsc::channel::<Fold>();
+            let (back, folded) = mpsc::channel::<Outcome>();
+            let (db, recent, state) = (self.db.clone(), self.recent.clone(), state.clone());
+            let thread = std::thread::Builder::new()
+                .name("baton-checkpoint".into())
+                .spawn(move || fold_loop(&db, &recent, &from, &back, &state))
+                .expect("spawn the checkpoint thread");
+            ((to, thread), folded)
+        };
         loop {
+            self.settle(&folded, false);
             let (batch, broken) = {
                 let mut p = lock(&state.progress);
                 let mut quiet = false;
                 while p.queue.is_empty() && !p.stop && !quiet {
-                    if self.wal.len() == 0 && !self.unrecorded {
+                    if self.wal.is_empty() && !self.unrecorded && self.folding.is_none() {
                         p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
                     } else {
                         let (q, waited) = state
@@ -464,7 +504,7 @@ impl Writer {
                     // Quiet: fold the log into redb now, while nobody waits on it. If
                     // that fails, the log still holds everything, and the next quiet
                     // spell tries again.
-                    let _ = self.checkpoint();
+                    let _ = self.checkpoint(&folded);
                     continue;
                 }
                 (std::mem::take(&mut p.queue), p.broken)
@@ -474,13 +514,13 @@ impl Writer {
             // commits the log holds with commits it does not. Either way redb is made
             // durable first, so what the log holds always follows on from it.
             if broken || group != self.group {
-                let _ = self.checkpoint();
+                let _ = self.checkpoint(&folded);
                 self.group = group;
             }
             if group {
-                self.apply_group(batch);
+                self.apply_group(batch, &folded);
                 if self.wal.len() >= CHECKPOINT {
-                    let _ = self.checkpoint();
+                    self.fold(&folds.0, &folded);
                 }
             } else {
                 for mut w in batch {
@@ -495,7 +535,12 @@ impl Writer {
                 }
             }
         }
-        let _ = self.checkpoint();
+        let _ = self.checkpoint(&folded);
+        let (to, thread) = folds;
+        drop(to);
+        if thread.join().is_err() {
+            tracing::error!("the checkpoint thread panicked");
+        }
         drop(closing);
         if syncer.join().is_err() {
             tracing::error!("the log's fsync thread panicked");
@@ -505,9 +550,9 @@ impl Writer {
     /// Apply `batch` in one unsynced transaction and log it; if any write in it fails,
     /// redo each alone. Acknowledged writes are counted before their callers hear back,
     /// so a caller that then awaits `durable` waits for the fsync that covers its write.
-    fn apply_group(&mut self, mut batch: Vec<Box<dyn Write>>) {
+    fn apply_group(&mut self, mut batch: Vec<Box<dyn Write>>, folded: &Receiver) {
         if batch.len() > 1 {
-            if self.together(&mut batch).is_ok() {
+            if self.together(&mut batch, folded).is_ok() {
                 for w in batch {
                     w.finish(Ok(()));
                 }
@@ -519,36 +564,40 @@ impl Writer {
             );
         }
         for mut w in batch {
-            let outcome = self.together(std::slice::from_mut(&mut w));
+            let outcome = self.together(std::slice::from_mut(&mut w), folded);
             w.finish(outcome);
         }
     }
 
-    /// Apply `writes` in one unsynced transaction, commit it and append its changes to
-    /// the log as the next frame; on any failure (a panic included) nothing is committed.
-    fn together(&mut self, writes: &mut [Box<dyn Write>]) -> Result<(), StoreError> {
+    /// Apply `writes` in one transaction, commit it (to redb, unsynced, if it changed a
+    /// table redb holds itself) and append its changes to the log as the next frame; on
+    /// any failure (a panic included) nothing is committed.
+    fn together(
+        &mut self,
+        writes: &mut [Box<dyn Write>],
+        folded: &Receiver,
+    ) -> Result<(), StoreError> {
         let lsn = self.next;
         let log = RefCell::new(Vec::new());
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
+        let txn = OnceCell::new();
         // Taken, not copied: if anything below fails, the next transaction reads what it
         // needs from the tables again.
         let done = {
             let tx = Tx::new(
-                &txn,
+                (&self.db, &txn),
                 Some(&log),
                 std::mem::take(&mut self.known),
                 &self.queues,
                 &self.recent,
             );
-            // The frame's number, in the frame: redb then always says which frames it holds.
-            tx.open_table(COUNTERS)?.insert(LSN_COUNTER, lsn)?;
             for w in writes.iter_mut() {
                 caught(w.as_mut(), &tx)?;
             }
             tx.finish()?
         };
-        txn.commit()?;
+        if let Some(txn) = txn.into_inner() {
+            txn.commit()?;
+        }
         self.known = done.committed();
         self.next += 1;
         let acknowledged = writes
@@ -572,16 +621,113 @@ impl Writer {
                 // make redb durable at once instead. If that fails too, the log is
                 // marked broken and no write is acknowledged until a checkpoint works.
                 tracing::error!("group commit: {e}; checkpointing instead");
-                let _ = self.checkpoint();
+                let _ = self.checkpoint(folded);
             }
         }
         Ok(())
     }
 
-    /// Make redb durable (an empty immediate commit writes every commit before it), so
-    /// every frame is in it, and start the log over.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let flushed = flush(&self.db, &self.queues, &self.recent);
+    /// The log's file is full: hand what it holds to a checkpoint on its own thread, and
+    /// go on logging to the other file meanwhile. While the last checkpoint still runs,
+    /// the file grows on; if it failed, so that the other file still holds frames redb
+    /// lacks, checkpoint here.
+    fn fold(&mut self, folds: &mpsc::Sender<Fold>, folded: &Receiver) {
+        // Twice the interval bounds the log and the rows kept in memory: past that, the
+        // writer waits for the last checkpoint to end.
+        self.settle(folded, self.wal.len() >= 2 * CHECKPOINT);
+        if self.folding.is_some() {
+            return;
+        }
+        if !self.wal.can_swap() {
+            let _ = self.checkpoint(folded);
+            return;
+        }
+        let sync = match self.wal.swap() {
+            Ok(swapped) => swapped,
+            Err(e) => {
+                tracing::error!("group commit: {e}; checkpointing here instead");
+                let _ = self.checkpoint(folded);
+                return;
+            }
+        };
+        // Before any frame goes to the new file, so the fsync thread covers the old
+        // file's last frames first.
+        lock(&self.state.progress).swaps.push(sync);
+        let lsn = self.next - 1;
+        let unsaved = Arc::new(dispatch::lock(&self.queues).take_unsaved());
+        let fold = Fold {
+            rows: self.recent.freeze(),
+            unsaved: unsaved.clone(),
+            lsn,
+        };
+        lock(&self.state.progress).folding = true;
+        self.folding = Some((lsn, unsaved));
+        if let Err(mpsc::SendError(fold)) = folds.send(fold) {
+            // The thread is gone (it never ends before the writer): do it here.
+            let outcome = fold.run(&self.db, &self.recent);
+            lock(&self.state.progress).folding = false;
+            self.settled(outcome);
+        }
+    }
+
+    /// Take the outcome of the checkpoint running on its own thread, if there is one:
+    /// waiting for it with `wait`, else only if it has ended.
+    fn settle(&mut self, folded: &Receiver, wait: bool) {
+        if self.folding.is_none() {
+            return;
+        }
+        let outcome = if wait {
+            folded.recv().ok()
+        } else {
+            match folded.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        // Never `None`: the thread catches its panics and ends after the writer.
+        let outcome = outcome.unwrap_or_else(|| {
+            Err(StoreError::Corrupt(
+                "checkpoint".into(),
+                "the checkpoint thread is gone".into(),
+            ))
+        });
+        self.settled(outcome);
+    }
+
+    /// The checkpoint handed to its thread ended with `outcome`.
+    fn settled(&mut self, outcome: Outcome) {
+        let Some((lsn, unsaved)) = self.folding.take() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                self.wal.recycled();
+                let mut p = lock(&self.state.progress);
+                p.synced = p.synced.max(lsn);
+                p.attempted = p.attempted.max(lsn);
+                let synced = p.synced;
+                drop(p);
+                self.state.done.notify_all();
+                self.state.synced.send_replace(synced);
+            }
+            Err(e) => {
+                // Nothing is lost: the old file still holds its frames, and the rows
+                // go back with those written since, for the next checkpoint, which
+                // then runs here (the old file cannot be reused before).
+                tracing::error!("group commit: checkpoint failed: {e}");
+                self.recent.thaw();
+                dispatch::lock(&self.queues).restore(&unsaved);
+            }
+        }
+    }
+
+    /// Make redb durable here (after the checkpoint running on its own thread, if any),
+    /// with every row kept in memory written into it, so every frame is in it, and
+    /// start the log over.
+    fn checkpoint(&mut self, folded: &Receiver) -> Result<(), StoreError> {
+        self.settle(folded, true);
+        let flushed = flush(&self.db, &self.queues, &self.recent, self.next - 1);
         let mut p = lock(&self.state.progress);
         match &flushed {
             Ok(()) => {
@@ -603,13 +749,63 @@ impl Writer {
         self.state.done.notify_all();
         self.state.synced.send_replace(synced);
         if flushed.is_ok()
-            && self.wal.len() > 0
+            && !self.wal.is_empty()
             && let Err(e) = self.wal.reset()
         {
             // Harmless: the frames left are all in redb and are skipped at restart.
             tracing::warn!("group commit: {e}");
         }
         flushed
+    }
+}
+
+/// Where the checkpoint thread's outcomes come back to the writer.
+type Receiver = mpsc::Receiver<Outcome>;
+
+/// A checkpoint handed to its thread: the rows kept in memory and the dispatch state's
+/// changes up to frame `lsn`.
+struct Fold {
+    rows: Arc<Tables>,
+    unsaved: Arc<Unsaved>,
+    lsn: u64,
+}
+
+/// How a checkpoint handed to its thread ended.
+type Outcome = Result<(), StoreError>;
+
+impl Fold {
+    /// Write the rows into redb in one durable commit, then drop them from memory.
+    fn run(self, db: &Database, kept: &Recent) -> Outcome {
+        catch_unwind(AssertUnwindSafe(|| {
+            durable_commit(db, &self.rows, &self.unsaved, self.lsn)
+        }))
+        .unwrap_or_else(|_| {
+            Err(StoreError::Corrupt(
+                "checkpoint".into(),
+                "the checkpoint panicked; nothing of it was committed".into(),
+            ))
+        })?;
+        kept.saved();
+        Ok(())
+    }
+}
+
+/// The checkpoint thread: run each checkpoint the writer hands over, and hand back how
+/// it ended, waking the writer.
+fn fold_loop(
+    db: &Database,
+    kept: &Recent,
+    folds: &mpsc::Receiver<Fold>,
+    back: &mpsc::Sender<Outcome>,
+    state: &State,
+) {
+    for fold in folds {
+        let outcome = fold.run(db, kept);
+        lock(&state.progress).folding = false;
+        if back.send(outcome).is_err() {
+            return;
+        }
+        state.work.notify_one();
     }
 }
 
@@ -625,10 +821,13 @@ fn immediate(
     if w.ack() == Ack::Lazy {
         txn.set_durability(Durability::None)?;
     }
-    let tx = Tx::new(&txn, None, std::mem::take(known), queues, recent);
+    let txn = OnceCell::from(txn);
+    let tx = Tx::new((db, &txn), None, std::mem::take(known), queues, recent);
     caught(w, &tx)?;
     let done = tx.finish()?;
-    txn.commit()?;
+    if let Some(txn) = txn.into_inner() {
+        txn.commit()?;
+    }
     *known = done.committed();
     Ok(())
 }
@@ -646,9 +845,9 @@ fn caught(w: &mut dyn Write, tx: &Tx<'_>) -> Result<(), StoreError> {
 
 /// The log's fsync thread: whenever an acknowledged write waits, fsync every frame
 /// appended so far, and tell the waiters.
-fn sync_log(log: &SyncHandle, state: &State) {
+fn sync_log(mut log: SyncHandle, state: &State) {
     loop {
-        let target = {
+        let (target, swaps) = {
             let mut p = lock(&state.progress);
             // No timer: the frames appended while one fsync runs wait for the next, and
             // that is what makes writes share fsyncs.
@@ -657,12 +856,20 @@ fn sync_log(log: &SyncHandle, state: &State) {
                     return;
                 }
                 if p.committed > p.attempted && !p.broken {
-                    break p.appended;
+                    break (p.appended, std::mem::take(&mut p.swaps));
                 }
                 p = state.sync.wait(p).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let synced = log.sync();
+        // Each file the log left holds frames before those of the next.
+        let mut synced = Ok(());
+        for next in swaps {
+            if synced.is_ok() {
+                synced = log.sync();
+            }
+            log = next;
+        }
+        let synced = synced.and_then(|()| log.sync());
         let mut p = lock(&state.progress);
         p.attempted = p.attempted.max(target);
         p.flushes += 1;
@@ -681,9 +888,27 @@ fn sync_log(log: &SyncHandle, state: &State) {
     }
 }
 
-/// An immediate commit of what redb lacks of the dispatch state (see `dispatch`) and of
-/// the rows kept in memory since the last checkpoint (see `recent`): it writes every
-/// unsynced commit before it.
+/// A durable commit, here, of what redb lacks of the dispatch state (see `dispatch`) and
+/// of the rows kept in memory (see `recent`), up to frame `lsn`: taken back into memory
+/// if it fails.
+fn flush(db: &Database, queues: &Shared, kept: &Recent, lsn: u64) -> Result<(), StoreError> {
+    let unsaved = dispatch::lock(queues).take_unsaved();
+    let rows = kept.freeze();
+    match durable_commit(db, &rows, &unsaved, lsn) {
+        Ok(()) => {
+            kept.saved();
+            Ok(())
+        }
+        Err(e) => {
+            kept.thaw();
+            dispatch::lock(queues).restore(&unsaved);
+            Err(e)
+        }
+    }
+}
+
+/// An immediate commit of `unsaved` and `rows`, noting that redb holds every frame up
+/// to `lsn`: it writes every unsynced commit before it.
 ///
 /// It also records redb's allocator state (quick repair). A host killed after it then
 /// reopens redb by loading that state, instead of redb rebuilding it by walking every
@@ -693,19 +918,19 @@ fn sync_log(log: &SyncHandle, state: &State) {
 /// would cost that fsync on every acknowledged write (p50 of a hand-off 0.73 to 0.77 ms
 /// without, 0.90 to 1.12 ms with). Under that policy the writer checkpoints after
 /// [`IDLE`] of quiet instead, so only a host killed while busy repairs at its next open.
-fn flush(db: &Database, queues: &Shared, kept: &Recent) -> Result<(), StoreError> {
-    // Copied out: readers are not kept waiting through the fsync. Only this thread
-    // changes either, so nothing changes them before they are marked saved.
-    let unsaved = dispatch::lock(queues).unsaved();
-    let rows = kept.unsaved();
+fn durable_commit(
+    db: &Database,
+    rows: &Tables,
+    unsaved: &Unsaved,
+    lsn: u64,
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     txn.set_quick_repair(true);
     unsaved.write(&txn)?;
-    recent::write(&txn, &rows)?;
+    recent::write(&txn, rows)?;
+    txn.open_table(super::COUNTERS)?.insert(LSN_COUNTER, lsn)?;
     txn.commit()?;
-    dispatch::lock(queues).saved();
-    kept.saved();
     Ok(())
 }
 #[cfg(test)]
@@ -767,21 +992,32 @@ mod tests {
     }
 
     /// Hand off `good` + 1 tasks, acknowledged, and make the write `bad`, all queued
-    /// behind a writer held on redb's write lock: the writer takes the first hand-off
-    /// alone, then the others and `bad` as one batch. The tasks handed off, and what
-    /// `bad` returned.
+    /// behind a write that holds the writer thread until they are: the writer then takes
+    /// them as one batch. The tasks handed off, and what `bad` returned.
     fn in_one_batch<T: Send + 'static>(
         store: &Arc<Store>,
         good: usize,
         bad: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> (Vec<String>, T) {
-        let hold = store.db.begin_write().unwrap();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let holding = store.write(super::Ack::Lazy, move |_| {
+            let _ = held.lock().unwrap().recv();
+            Ok(())
+        });
+        // The writer thread takes the holding write alone.
+        let since = std::time::Instant::now();
+        while !super::lock(&store.syncer.state.progress).queue.is_empty() {
+            assert!(
+                since.elapsed().as_secs() < 10,
+                "the writer never took the write"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let first = {
             let store = store.clone();
             std::thread::spawn(move || acknowledged(&store, good))
         };
-        // Time for the writer thread to take the first write and block on the lock.
-        std::thread::sleep(std::time::Duration::from_millis(50));
         let others: Vec<_> = (0..good)
             .map(|i| {
                 let store = store.clone();
@@ -793,11 +1029,12 @@ mod tests {
             std::thread::spawn(move || bad(&store))
         };
         let since = std::time::Instant::now();
-        while super::lock(&store.syncer.state.progress).queue.len() < good + 1 {
+        while super::lock(&store.syncer.state.progress).queue.len() < good + 2 {
             assert!(since.elapsed().as_secs() < 10, "the writes never queued up");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         drop(hold);
+        holding.wait().unwrap();
         let bad = bad.join().unwrap();
         let mut tasks: Vec<String> = others.into_iter().map(|t| t.join().unwrap()).collect();
         tasks.push(first.join().unwrap());
@@ -839,8 +1076,9 @@ mod tests {
     /// Without `wal`, the copy has redb's file alone.
     fn as_killed(from: &std::path::Path, wal: bool) -> tempfile::TempDir {
         let to = tempfile::tempdir().unwrap();
-        let files = [crate::store::STORE_FILE, crate::store::WAL_FILE];
-        for f in &files[..if wal { 2 } else { 1 }] {
+        let [first, second] = crate::store::WAL_FILES;
+        let files = [crate::store::STORE_FILE, first, second];
+        for f in &files[..if wal { 3 } else { 1 }] {
             std::fs::copy(from.join(f), to.path().join(f)).unwrap();
         }
         to
@@ -897,20 +1135,28 @@ mod tests {
         const WRITES: usize = 120;
         let (dir, store) = group_store();
         let mut tasks = Vec::new();
-        let mut restarts = 0;
-        let mut last_len = 0;
+        // The last frame redb holds, as its durable commits say.
+        let held = || {
+            use redb::ReadableDatabase as _;
+            let txn = store.db.begin_read().unwrap();
+            let counters = txn.open_table(crate::store::COUNTERS).unwrap();
+            counters
+                .get(super::LSN_COUNTER)
+                .unwrap()
+                .map_or(0, |v| v.value())
+        };
+        let mut checkpoints = 0;
+        let mut last = held();
         for i in 0..WRITES {
             tasks.push(acknowledged(&store, i));
-            let len = std::fs::metadata(dir.path().join(crate::store::WAL_FILE))
-                .unwrap()
-                .len();
-            restarts += usize::from(len < last_len);
-            last_len = len;
+            store.syncer.between_checkpoints();
+            checkpoints += usize::from(held() > last);
+            last = held();
         }
-        assert!(restarts >= 2, "the log started over {restarts} times");
+        assert!(checkpoints >= 2, "{checkpoints} checkpoints");
         // Memory keeps only what was written since the last checkpoint; readers see the
         // rows kept there and those already in redb as one.
-        let kept = store.recent.unsaved()[0].len();
+        let kept = store.recent.rows("tasks", |_| true).len();
         assert!(
             kept > 0 && kept < WRITES,
             "{kept} task records of {WRITES} kept in memory"
@@ -921,8 +1167,9 @@ mod tests {
         assert_eq!(store.audit_verify().unwrap(), whole);
         assert_eq!(store.chain(&tasks[0]).unwrap().tasks.len(), 1);
         assert_eq!(store.chain(&tasks[WRITES - 1]).unwrap().handoffs.len(), 1);
+        let appended = super::lock(&store.syncer.state.progress).appended;
         assert!(
-            last_len > 0,
+            held() < appended,
             "the last writes were checkpointed: nothing to redo"
         );
         let killed = as_killed(dir.path(), true);
@@ -965,6 +1212,55 @@ mod tests {
             "task {last}, whose frame was cut short, came back"
         );
         assert_eq!(store.inbox_depth("writer").unwrap(), 5);
+    }
+
+    /// A checkpoint runs on its own thread while the writer logs on to the log's other
+    /// file. A host killed before that checkpoint commits redoes both files, in order,
+    /// and keeps every acknowledged write, none of which redb alone holds; once it has
+    /// committed, the file it folded in is emptied.
+    #[test]
+    fn a_kill_during_a_checkpoint_redoes_both_files_of_the_log() {
+        let (dir, store) = group_store();
+        let [first, second] = crate::store::WAL_FILES;
+        let size = |f: &str| std::fs::metadata(dir.path().join(f)).unwrap().len();
+        // The first write switches to group commit, which checkpoints first.
+        let mut tasks = vec![acknowledged(&store, 0)];
+        // The checkpoint then waits for redb's write lock; hand-offs need none.
+        let hold = store.db.begin_write().unwrap();
+        while size(second) == 0 {
+            tasks.push(acknowledged(&store, tasks.len()));
+            assert!(
+                tasks.len() < 1_000,
+                "the log never went on to its second file"
+            );
+        }
+        for _ in 0..3 {
+            tasks.push(acknowledged(&store, tasks.len()));
+        }
+        assert!(size(first) >= super::CHECKPOINT, "{} bytes", size(first));
+        let killed = as_killed(dir.path(), true);
+        let redb_alone = as_killed(dir.path(), false);
+        drop(hold);
+        store.syncer.between_checkpoints();
+        drop(store);
+
+        let store = Store::open(redb_alone.path()).unwrap();
+        let held = tasks.iter().filter(|t| store.task(t).unwrap().is_some());
+        assert_eq!(held.count(), 0, "redb alone held tasks the log was to redo");
+        drop(store);
+        let store = Store::open(killed.path()).unwrap();
+        assert_kept(&store, &tasks, "after a kill during a checkpoint");
+        assert_eq!(store.inbox_depth("writer").unwrap(), tasks.len() as u64);
+        assert_eq!(
+            store.audit_verify().unwrap(),
+            crate::store::AuditVerdict::Whole {
+                records: tasks.len() as u64
+            }
+        );
+        for f in [first, second] {
+            let left = std::fs::metadata(killed.path().join(f)).unwrap().len();
+            assert_eq!(left, 0, "`{f}` after the redo");
+        }
     }
 
     /// Which of the log file's operations fail; a test switches them while the store runs.
@@ -1070,6 +1366,56 @@ mod tests {
         let store = Store::open(killed.path()).unwrap();
         assert_kept(&store, &kept, "after the kill");
         assert_eq!(store.inbox_depth("writer").unwrap(), 4);
+    }
+
+    /// Once a checkpoint holds the frames of the log's first file, frames go there again
+    /// when the second is full, written over the old ones in place (the file is not cut
+    /// short, so its blocks are reused). A host killed then skips the old frames left
+    /// after the new, and keeps every acknowledged write.
+    #[test]
+    fn a_log_file_is_written_over_once_a_checkpoint_holds_its_frames() {
+        let (dir, store) = group_store();
+        let [first, second] = crate::store::WAL_FILES;
+        let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+        // The number of the first frame in `f`.
+        let first_frame = |f: &str| {
+            read(f)
+                .get(8..16)
+                .map(|n| u64::from_le_bytes(n.try_into().unwrap()))
+        };
+        let mut tasks = vec![acknowledged(&store, 0)];
+        let started = first_frame(first);
+        let mut longest = 0;
+        while first_frame(first) == started {
+            let len = read(first).len();
+            assert!(
+                len >= longest,
+                "`{first}` was cut short: {longest} bytes, then {len}"
+            );
+            longest = len;
+            tasks.push(acknowledged(&store, tasks.len()));
+            assert!(tasks.len() < 3_000, "frames never went to `{first}` again");
+        }
+        assert!(read(second).len() as u64 >= super::CHECKPOINT);
+        for _ in 0..3 {
+            tasks.push(acknowledged(&store, tasks.len()));
+        }
+        store.syncer.between_checkpoints();
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let store = Store::open(killed.path()).unwrap();
+        assert_kept(
+            &store,
+            &tasks,
+            "after a kill with old frames left in the log",
+        );
+        assert_eq!(store.inbox_depth("writer").unwrap(), tasks.len() as u64);
+        assert_eq!(
+            store.audit_verify().unwrap(),
+            crate::store::AuditVerdict::Whole {
+                records: tasks.len() as u64
+            }
+        );
     }
 
     /// Writers that commit together share fsyncs, and each learns its write is on disk:
@@ -1264,7 +1610,8 @@ mod tests {
         let mut reader = store.reader();
         reader.txn().unwrap();
         // The checkpoint's commit, made here while the writer thread waits for work.
-        super::flush(&store.db, &store.queues, &store.recent).unwrap();
+        let last = super::lock(&store.syncer.state.progress).appended;
+        super::flush(&store.db, &store.queues, &store.recent, last).unwrap();
         let found: Option<crate::store::TaskRecord> =
             reader.record(crate::store::TASKS, &task).unwrap();
         assert_eq!(found.map(|t| t.id), Some(task));

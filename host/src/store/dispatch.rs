@@ -71,7 +71,7 @@ pub(super) struct Rows<K: Key + 'static, V: Value + 'static> {
     rows: BTreeMap<Ordered<K>, Vec<u8>>,
     /// Rows changed since redb last held this table, each with whether redb held the
     /// row then: what the next durable commit must write or remove.
-    dirty: HashMap<Vec<u8>, bool>,
+    dirty: Noted,
     values: PhantomData<fn() -> V>,
 }
 
@@ -129,16 +129,27 @@ impl<K: Key + 'static, V: Value + 'static> Rows<K, V> {
         Ok(())
     }
 
-    /// The changes redb's table lacks, as (key, new value or `None` to remove).
-    fn unsaved(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        self.dirty
+    /// The changes redb's table lacks, as (key, new value or `None` to remove), handed
+    /// to a checkpoint: from now on, changes are noted as if redb held the table as it
+    /// is now. Also what was noted, for [`Rows::restore`].
+    fn take_unsaved(&mut self) -> (Changes, Noted) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let rows = dirty
             .iter()
             .filter_map(|(key, held)| {
                 let now = self.rows.get(&Ordered::new(key.clone())).cloned();
                 // A row that came and went since redb last held the table costs nothing.
                 (now.is_some() || *held).then(|| (key.clone(), now))
             })
-            .collect()
+            .collect();
+        (rows, dirty)
+    }
+
+    /// The checkpoint handed [`Rows::take_unsaved`] failed: what redb held before it is
+    /// what it still holds.
+    fn restore(&mut self, taken: &Noted) {
+        self.dirty
+            .extend(taken.iter().map(|(k, held)| (k.clone(), *held)));
     }
 }
 
@@ -181,34 +192,48 @@ impl Queues {
         Ok(q)
     }
 
-    /// Rows redb's tables lack, to be written by the durable commit `txn` before it
-    /// commits. Once it has, call [`Queues::saved`].
-    pub(super) fn unsaved(&self) -> Unsaved {
+    /// Rows redb's tables lack, for a durable commit to write: see [`Rows::take_unsaved`].
+    /// If that commit fails, hand them back to [`Queues::restore`].
+    pub(super) fn take_unsaved(&mut self) -> Unsaved {
+        let (ready, ready_noted) = self.ready.take_unsaved();
+        let (inbox, inbox_noted) = self.inbox.take_unsaved();
+        let (running, running_noted) = self.running.take_unsaved();
+        let (claims, claims_noted) = self.claims.take_unsaved();
         Unsaved {
-            ready: self.ready.unsaved(),
-            inbox: self.inbox.unsaved(),
-            running: self.running.unsaved(),
-            claims: self.claims.unsaved(),
+            ready,
+            inbox,
+            running,
+            claims,
+            noted: [ready_noted, inbox_noted, running_noted, claims_noted],
         }
     }
 
-    /// redb's durable state now holds every row: nothing is left to write.
-    pub(super) fn saved(&mut self) {
-        self.ready.dirty.clear();
-        self.inbox.dirty.clear();
-        self.running.dirty.clear();
-        self.claims.dirty.clear();
+    /// The durable commit of `unsaved` failed: redb still lacks those rows.
+    pub(super) fn restore(&mut self, unsaved: &Unsaved) {
+        let [ready, inbox, running, claims] = &unsaved.noted;
+        self.ready.restore(ready);
+        self.inbox.restore(inbox);
+        self.running.restore(running);
+        self.claims.restore(claims);
     }
 }
 
-/// What [`Queues::unsaved`] found, copied out so the writer does not hold the lock
-/// while it writes them.
+/// What [`Queues::take_unsaved`] found, copied out so the checkpoint does not hold the
+/// lock while it writes them.
 pub(super) struct Unsaved {
-    ready: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    inbox: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    running: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    claims: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ready: Changes,
+    inbox: Changes,
+    running: Changes,
+    claims: Changes,
+    /// Each table's notes of what redb held, as they were taken.
+    noted: [Noted; 4],
 }
+
+/// Rows to write, as (key, new value or `None` to remove).
+type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Rows changed since redb last held a table, each with whether redb held it then.
+type Noted = HashMap<Vec<u8>, bool>;
 
 impl Unsaved {
     /// Write the rows into `txn`.

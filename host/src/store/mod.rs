@@ -39,8 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Database, Key, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
-    WriteTransaction,
+    Database, Key, ReadableDatabase, TableDefinition, TableHandle, Value, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,7 +54,7 @@ pub use queue::{Committed, NewHandoff, Pick, PickFn, Refusal, fingerprint};
 pub use records::*;
 pub use streams::{StreamRead, StreamWriter, Written};
 use wal::Tx;
-pub use wal::WAL_FILE;
+pub use wal::{WAL_FILE, WAL_FILES};
 
 /// The file inside the state directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -252,7 +251,7 @@ impl Store {
     #[cfg(test)]
     fn open_with_log(
         dir: &Path,
-        wrap: impl FnOnce(Box<dyn wal::LogFile>) -> Box<dyn wal::LogFile>,
+        wrap: impl FnMut(Box<dyn wal::LogFile>) -> Box<dyn wal::LogFile>,
     ) -> Result<Store, StoreError> {
         let (db, log, next) = Store::recovered(dir)?;
         Store::start(db, dir, log.wrapped(wrap), next)
@@ -285,7 +284,7 @@ impl Store {
         }
         every_table!(create);
         txn.commit()?;
-        let (log, next) = redo_log(&db, &dir.join(WAL_FILE))?;
+        let (log, next) = redo_log(&db, dir)?;
         Ok((db, log, next))
     }
 
@@ -467,10 +466,7 @@ impl Store {
 
     /// A reader of the committed state: what is kept in memory, else redb's.
     fn reader(&self) -> Reader<'_> {
-        Reader {
-            store: self,
-            txn: None,
-        }
+        Reader::new(&self.db, &self.recent)
     }
 }
 
@@ -479,21 +475,31 @@ impl Store {
 /// transaction begun at the first such row, and begun again if a checkpoint has moved
 /// rows from memory to redb since.
 struct Reader<'s> {
-    store: &'s Store,
+    db: &'s Database,
+    recent: &'s recent::Recent,
     txn: Option<(u64, redb::ReadTransaction)>,
 }
 
-impl Reader<'_> {
+impl<'s> Reader<'s> {
+    /// A reader of `db` and the rows `recent` keeps for it.
+    fn new(db: &'s Database, recent: &'s recent::Recent) -> Self {
+        Reader {
+            db,
+            recent,
+            txn: None,
+        }
+    }
+
     /// The read transaction, begun if need be.
     fn txn(&mut self) -> Result<&redb::ReadTransaction, StoreError> {
-        let generation = self.store.recent.generation();
+        let generation = self.recent.generation();
         self.txn_at(generation)
     }
 
     fn txn_at(&mut self, generation: u64) -> Result<&redb::ReadTransaction, StoreError> {
         let txn = match self.txn.take() {
             Some((g, txn)) if g == generation => txn,
-            _ => self.store.db.begin_read()?,
+            _ => self.db.begin_read()?,
         };
         Ok(&self.txn.insert((generation, txn)).1)
     }
@@ -504,7 +510,7 @@ impl Reader<'_> {
         def: TableDefinition<'static, K, V>,
         key: &K::SelfType<'_>,
     ) -> Result<Option<recent::Bytes>, StoreError> {
-        let (kept, generation) = self.store.recent.get(def.name(), K::as_bytes(key).as_ref());
+        let (kept, generation) = self.recent.get(def.name(), K::as_bytes(key).as_ref());
         if kept.is_some() {
             return Ok(kept);
         }
@@ -549,16 +555,16 @@ impl Reader<'_> {
     }
 }
 
-/// Open the write-ahead log at `path` and redo, in one durable commit, the frames in it
+/// Open the write-ahead log in `dir` and redo, in one durable commit, the frames in it
 /// that redb does not hold (a host that stopped without a checkpoint left them), then
 /// start the log over. Returns the log and the number of its next frame.
-fn redo_log(db: &Database, path: &Path) -> Result<(wal::Wal, u64), StoreError> {
+fn redo_log(db: &Database, dir: &Path) -> Result<(wal::Wal, u64), StoreError> {
     let held = db
         .begin_read()?
         .open_table(COUNTERS)?
         .get(wal::LSN_COUNTER)?
         .map_or(0, |v| v.value());
-    let (mut log, wal::Unapplied { frames, next }) = wal::Wal::open(path, held)?;
+    let (mut log, wal::Unapplied { frames, next }) = wal::Wal::open(dir, held)?;
     if !frames.is_empty() {
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
@@ -573,14 +579,18 @@ fn redo_log(db: &Database, path: &Path) -> Result<(wal::Wal, u64), StoreError> {
                 redo(&txn, change)?;
             }
         }
+        // Frames no longer say their number in a change of their own: the checkpoint
+        // that folds them in does.
+        txn.open_table(COUNTERS)?
+            .insert(wal::LSN_COUNTER, next - 1)?;
         txn.commit()?;
         tracing::info!(
-            "redid {} transactions from `{}` that were not in the store yet",
+            "redid {} transactions from the write-ahead log in `{}` that were not in the store yet",
             frames.len(),
-            path.display()
+            dir.display()
         );
     }
-    if log.len() > 0 {
+    if !log.is_empty() {
         log.reset()?;
     }
     Ok((log, next))
@@ -668,9 +678,8 @@ fn next(txn: &Tx<'_>, counter: &'static str) -> Result<u64, StoreError> {
     let last = match txn.counter(counter) {
         Some(n) => n,
         None => txn
-            .open_table(COUNTERS)?
-            .get(counter)?
-            .map_or(0, |v| v.value()),
+            .get(COUNTERS, counter)?
+            .map_or(0, |v| u64::from_bytes(&v)),
     };
     txn.set_counter(counter, last + 1);
     Ok(last + 1)

@@ -6,7 +6,7 @@
 //! any reply; failure applies the caller's declared fallback in the same commit, so a
 //! crash never leaves a failure without its consequence.
 
-use redb::ReadableTable;
+use redb::Value as _;
 use sha2::{Digest, Sha256};
 
 use super::commit::Ack;
@@ -392,9 +392,10 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
     };
     // Before any check: what was handed off stays handed off, even if the inbox is full now.
     if let Some((parent, n)) = &once
-        && let Some(hid) = txn.open_table(HANDOFF_ONCE)?.get((parent.as_str(), *n))?
+        && let Some(hid) = txn.get(HANDOFF_ONCE, (parent.as_str(), *n))?
     {
-        let handoff: HandoffRecord = get_json(txn, HANDOFFS, hid.value())?;
+        let hid = String::from_utf8_lossy(&hid);
+        let handoff: HandoffRecord = get_json(txn, HANDOFFS, &hid)?;
         return Ok(Ok(Committed {
             task: handoff.task.clone(),
             handoff,
@@ -608,12 +609,12 @@ fn release_claims(txn: &Tx<'_>, claimer: &str, give_back: bool) -> Result<(), St
 /// streams those hand-offs opened and no delivery closed are closed with it: nothing will
 /// write to them any more.
 fn end_handoffs_of(txn: &Tx<'_>, task: &str) -> Result<(), StoreError> {
-    let made: Vec<(u32, String)> = txn
-        .open_table(HANDOFF_ONCE)?
-        .range((task, 0)..=(task, u32::MAX))?
-        .map(|row| row.map(|(k, v)| (k.value().1, v.value().to_string())))
-        .collect::<Result<_, _>>()?;
-    for (n, handoff) in made {
+    // Read without a write transaction: most tasks made no hand-off, and their end
+    // then commits nothing to redb (see `Tx`).
+    let made = txn.range(HANDOFF_ONCE, (task, 0)..=(task, u32::MAX))?;
+    for (key, handoff) in made {
+        let n = <(&str, u32)>::from_bytes(&key).1;
+        let handoff = String::from_utf8_lossy(&handoff);
         super::streams::close_if_open(txn, &handoff)?;
         txn.open_table(HANDOFF_ONCE)?.remove((task, n))?;
     }

@@ -1,5 +1,6 @@
-//! The rows of tasks, handoffs, grants, blackboard entries, chains and audit records
-//! written since the last checkpoint, kept in memory: redb gets them at the next one.
+//! The rows of tasks, handoffs, grants, blackboard entries, chains, audit records and
+//! counters written since the last checkpoint, kept in memory: redb gets them at the
+//! next one.
 //!
 //! These are the tables a handoff's steps write and read back: its task record is
 //! written at the hand-off, the claim and the end (some 700 bytes of JSON each time) and
@@ -12,11 +13,15 @@
 //! between is then in that transaction.
 //!
 //! Under group commit, a write to one of these tables is logged as before and kept here
-//! instead of in redb; the checkpoint's durable commit writes redb every row kept, and
-//! they are dropped from memory once it has committed. So memory holds at most a
-//! checkpoint's worth of log, and what survives a crash is unchanged: redb's durable
-//! state, then the log redone on it. Under [`CommitPolicy::Immediate`](super::CommitPolicy)
-//! the writes go to redb, as all others do, and nothing is kept here.
+//! instead of in redb. A checkpoint [freezes](Recent::freeze) the rows kept so far: they
+//! are still read, behind the rows written since, while its thread writes them into redb
+//! in one durable commit, and are dropped from memory once it has committed (or go back
+//! with the others if it failed). So memory holds at most two checkpoints' worth of log,
+//! and what survives a crash is unchanged: redb's durable state, then the log redone on
+//! it. The counters (task and handoff numbers, queue places) are kept here too, so that
+//! a batch of writes commits nothing to redb at all. Under
+//! [`CommitPolicy::Immediate`](super::CommitPolicy) the writes go to redb, as all others
+//! do, and nothing is kept here.
 //!
 //! A transaction's rows reach this only once it has committed ([`Staged`]): a reader
 //! never sees a task or a grant a failed write took back. A reader looks here first,
@@ -29,13 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::{AUDIT, BB_HEAD, BB_META, BB_VALUES, CHAIN, GRANTS, HANDOFFS, StoreError, TASKS};
+use super::{
+    AUDIT, BB_HEAD, BB_META, BB_VALUES, CHAIN, COUNTERS, GRANTS, HANDOFFS, StoreError, TASKS,
+};
 
 /// A row's bytes, shared by the writer's transaction, this and its readers.
 pub(super) type Bytes = Arc<[u8]>;
 
 /// How many tables keep rows here.
-const KEPT: usize = 8;
+const KEPT: usize = 9;
 
 /// Rows of each table kept here, by the bytes of their keys.
 pub(super) type Tables = [HashMap<Vec<u8>, Bytes>; KEPT];
@@ -51,6 +58,7 @@ pub(super) fn slot(name: &str) -> Option<usize> {
         BB_HEAD.name(),
         CHAIN.name(),
         AUDIT.name(),
+        COUNTERS.name(),
     ];
     names.iter().position(|n| *n == name)
 }
@@ -64,8 +72,20 @@ pub(super) struct Recent {
 #[derive(Default)]
 struct State {
     tables: Tables,
+    /// The rows a checkpoint running on its own thread is writing into redb: older than
+    /// `tables`, and still read until that checkpoint has committed.
+    frozen: Option<Arc<Tables>>,
     /// How many times rows have left for redb.
     generation: u64,
+}
+
+impl State {
+    fn row(&self, slot: usize, key: &[u8]) -> Option<Bytes> {
+        self.tables[slot]
+            .get(key)
+            .or_else(|| self.frozen.as_ref()?[slot].get(key))
+            .cloned()
+    }
 }
 
 impl Recent {
@@ -79,7 +99,7 @@ impl Recent {
     /// transaction sees it that was begun after a call that returned the same generation.
     pub(super) fn get(&self, table: &str, key: &[u8]) -> (Option<Bytes>, u64) {
         let state = self.lock();
-        let row = slot(table).and_then(|s| state.tables[s].get(key).cloned());
+        let row = slot(table).and_then(|s| state.row(s, key));
         (row, state.generation)
     }
 
@@ -89,20 +109,24 @@ impl Recent {
     }
 
     /// The rows of the table called `table` kept here whose keys `wanted` picks, in no
-    /// order.
+    /// order but one: a key kept twice (by a checkpoint under way, and written again
+    /// since) comes twice, the newer row last.
     pub(super) fn rows(
         &self,
         table: &str,
         wanted: impl Fn(&[u8]) -> bool,
     ) -> Vec<(Vec<u8>, Bytes)> {
         let state = self.lock();
-        slot(table).map_or_else(Vec::new, |s| {
-            state.tables[s]
-                .iter()
-                .filter(|(k, _)| wanted(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
+        let Some(s) = slot(table) else {
+            return Vec::new();
+        };
+        let frozen = state.frozen.iter().map(|f| &f[s]);
+        frozen
+            .chain([&state.tables[s]])
+            .flatten()
+            .filter(|(k, _)| wanted(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Keep the rows of a transaction that has committed.
@@ -116,26 +140,61 @@ impl Recent {
         }
     }
 
-    /// Every row kept, copied out so that readers are not kept waiting while the
-    /// checkpoint writes them. Only the writer thread changes the rows kept, so nothing
-    /// changes them before [`Recent::saved`].
-    pub(super) fn unsaved(&self) -> Tables {
-        self.lock().tables.clone()
+    /// Hand every row kept to a checkpoint: they stay readable here, behind the rows
+    /// written from now on, until [`Recent::saved`] (the checkpoint committed) or
+    /// [`Recent::thaw`] (it failed). Only the writer thread changes the rows kept, and
+    /// one checkpoint runs at a time.
+    pub(super) fn freeze(&self) -> Arc<Tables> {
+        let mut state = self.lock();
+        // A frozen set left over (never, as the writer uses this) goes into this one.
+        let mut rows = std::mem::take(&mut state.tables);
+        if let Some(older) = state.frozen.take() {
+            behind(&mut rows, &older);
+        }
+        let rows = Arc::new(rows);
+        state.frozen = Some(rows.clone());
+        rows
     }
 
-    /// redb's durable state now holds every row kept: drop them.
+    /// redb's durable state now holds the rows [frozen](Recent::freeze): drop them.
     pub(super) fn saved(&self) {
         let mut state = self.lock();
         state.generation += 1;
-        for table in &mut state.tables {
-            table.clear();
+        state.frozen = None;
+    }
+
+    /// The checkpoint of the rows frozen failed: keep them with the others, behind any
+    /// written since, for the next checkpoint.
+    pub(super) fn thaw(&self) {
+        let mut state = self.lock();
+        if let Some(older) = state.frozen.take() {
+            behind(&mut state.tables, &older);
         }
     }
 }
 
-/// Write `rows` (copied out by [`Recent::unsaved`]) into `txn`.
+/// Add to `rows` the rows of `older` whose keys it lacks.
+fn behind(rows: &mut Tables, older: &Tables) {
+    for (table, old) in rows.iter_mut().zip(older) {
+        for (k, v) in old {
+            table.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// Write `rows` (from [`Recent::freeze`]) into `txn`.
 pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreError> {
-    let [tasks, handoffs, grants, values, meta, head, chain, audit] = rows;
+    let [
+        tasks,
+        handoffs,
+        grants,
+        values,
+        meta,
+        head,
+        chain,
+        audit,
+        counters,
+    ] = rows;
     save(txn, TASKS, tasks)?;
     save(txn, HANDOFFS, handoffs)?;
     save(txn, GRANTS, grants)?;
@@ -143,7 +202,8 @@ pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreEr
     save(txn, BB_META, meta)?;
     save(txn, BB_HEAD, head)?;
     save(txn, CHAIN, chain)?;
-    save(txn, AUDIT, audit)
+    save(txn, AUDIT, audit)?;
+    save(txn, COUNTERS, counters)
 }
 
 fn save<K: Key + 'static, V: Value + 'static>(

@@ -4,40 +4,47 @@
 //! costs about 25 µs per scattered page on these disks: a flush of a few handoffs touched
 //! some 35 pages and took 0.8 ms, where one append of the same changes takes 0.15 ms.
 //! So under group commit the store logs every change a transaction made (each key it
-//! inserted or removed, byte for byte) to `store.wal`, one frame per transaction,
-//! appended in redb's commit order, and fsyncs *that* to acknowledge writes. redb itself
-//! commits without an fsync, and is made durable only now and then, at a checkpoint,
-//! after which the log starts over.
+//! inserted or removed, byte for byte), one frame per transaction, in commit order, and
+//! fsyncs *that* to acknowledge writes. redb is made durable only now and then, at a
+//! checkpoint.
 //!
-//! Each logged transaction also stores its frame's number (`wal` in the counters table),
-//! so the redb file always says which frames it holds. After a crash redb comes back at
-//! its last durable commit, and the frames after the number it holds are redone, in
-//! order, on exactly the state they were made on. Redoing a change is writing the same
-//! bytes to the same key, so a crash during recovery is recovered the same way. A frame
-//! cut short by the crash (its length or checksum does not match) ends the log: it was
-//! never fsynced, so nothing in it was acknowledged.
+//! The log is two files, [`WAL_FILES`]: frames go to one until it holds a checkpoint's
+//! worth, then to the other, while a checkpoint folds the first into redb; once it has,
+//! the first is written over from its start when its turn comes again. Frames are
+//! numbered, and each checkpoint's commit stores the number of the last frame it holds
+//! (`wal` in the counters table), so the redb file always says which frames it holds.
+//! After a crash redb comes back at its last durable commit, and the frames of either
+//! file after the number it holds are redone, in order. Redoing a change is writing the
+//! same bytes to the same key, so a crash during recovery is recovered the same way. A
+//! frame cut short by the crash (its length or checksum does not match) ends the log,
+//! and so does a gap in the numbers: it was never fsynced, so nothing in it or after it
+//! was acknowledged.
 //!
 //! Frame: `len: u32 | crc32(lsn, payload): u32 | lsn: u64 | payload`, little-endian.
 //! Payload: changes, each `op: u8 | table name: u8 len + bytes | key: u32 len + bytes`
 //! then, for an insert, `value: u32 len + bytes`.
 
 use std::borrow::Borrow;
-use std::cell::{RefCell, RefMut};
+use std::cell::{OnceCell, RefCell, RefMut};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
 
-use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
+use redb::{Database, Durability, Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::StoreError;
 use super::audit::Head;
 use super::dispatch::{self, Queues, Shared, Undo};
 use super::recent::{self, Bytes, Recent, Staged};
+use super::{Reader, StoreError};
 
-/// The log, beside the redb file in the state directory.
-pub const WAL_FILE: &str = "store.wal";
+/// The log's two files, beside the redb file in the state directory. Frames go to one
+/// while a checkpoint folds the other into redb on its own thread; then they swap.
+pub const WAL_FILES: [&str; 2] = ["store.wal", "store-2.wal"];
+
+/// The log's first file, the one a store starts on.
+pub const WAL_FILE: &str = WAL_FILES[0];
 
 /// The counter holding the number of the last frame the redb file holds.
 pub(super) const LSN_COUNTER: &str = "wal";
@@ -47,10 +54,15 @@ const REMOVE: u8 = 2;
 const HEADER: usize = 16;
 
 /// A write transaction as the store's writes see it: redb's, and, under group commit, a
-/// record of every change made through it. Each table is opened at its first use and
-/// kept open until the transaction ends: opening and closing a redb table cost about as
-/// much as the change made through it, and a batch of writes uses the same few tables
-/// dozens of times.
+/// record of every change made through it. Under group commit redb's transaction is
+/// begun only by the first change to a table redb holds itself (a handoff made by an
+/// agent, a stream, an escalation): every other table is kept in memory (`dispatch`,
+/// `recent`), so most batches commit nothing to redb, and a checkpoint can write redb
+/// on its own thread meanwhile. Rows it does not find in memory it then reads in a
+/// read transaction. Each table is opened in redb's write transaction at its first use
+/// and kept open until the transaction ends: opening and closing a redb table cost about
+/// as much as the change made through it, and a batch of writes uses the same few
+/// tables dozens of times.
 ///
 /// It also keeps what the store's writes read back most ([`Known`]): the counters that
 /// number tasks, handoffs and queue places, and the audit chain's head. A counter is
@@ -59,9 +71,14 @@ const HEADER: usize = 16;
 ///
 /// The dispatch state's tables (see `dispatch`) are changed through it in memory, logged
 /// like the others; without a log they are also written through to redb. With a log,
-/// rows of tasks, handoffs and grants are held back from redb (see `recent`).
+/// rows of tasks, handoffs, grants, entries, chains, audit records and counters are held
+/// back from redb (see `recent`).
 pub(super) struct Tx<'a> {
-    txn: &'a WriteTransaction,
+    db: &'a Database,
+    /// redb's write transaction, once begun.
+    txn: &'a OnceCell<WriteTransaction>,
+    /// Reads of what redb holds while `txn` is not begun.
+    reader: RefCell<Reader<'a>>,
     log: Option<&'a RefCell<Vec<u8>>>,
     /// The tables opened so far, at their place in the store's list of tables.
     open: [RefCell<Option<Slot<'a>>>; super::TABLES],
@@ -114,18 +131,21 @@ struct Counter {
 }
 
 impl<'a> Tx<'a> {
-    /// Changes through this are applied to `txn` (or `queues`, or held for `recent`)
-    /// and appended to `log`, if any. `known` is what is known of the state as `txn`
-    /// starts.
+    /// Changes through this are applied to the write transaction of `db` in `txn` (or
+    /// `queues`, or held for `recent`) and appended to `log`, if any. Without a log,
+    /// `txn` must hold the transaction; with one, it is begun if need be, unsynced.
+    /// `known` is what is known of the state as the transaction starts.
     pub(super) fn new(
-        txn: &'a WriteTransaction,
+        (db, txn): (&'a Database, &'a OnceCell<WriteTransaction>),
         log: Option<&'a RefCell<Vec<u8>>>,
         known: Known,
         queues: &'a Arc<Shared>,
         recent: &'a Arc<Recent>,
     ) -> Self {
         Tx {
+            db,
             txn,
+            reader: RefCell::new(Reader::new(db, recent)),
             log,
             open: std::array::from_fn(|_| RefCell::new(None)),
             known: RefCell::new(known),
@@ -214,13 +234,57 @@ impl<'a> Tx<'a> {
         let bytes = K::as_bytes(key.borrow());
         if let Some(slot) = recent::slot(def.name()) {
             let kept = self.staged.borrow().get(slot, bytes.as_ref());
-            if let Some(v) = kept.or_else(|| self.recent.get(def.name(), bytes.as_ref()).0) {
+            if let Some(v) = kept {
                 return Ok(Some(v));
             }
+        }
+        if self.txn.get().is_none() {
+            // Kept rows first, then redb's (see `Reader`).
+            return self.reader.borrow_mut().get(def, key.borrow());
+        }
+        if let Some(v) = self.recent.get(def.name(), bytes.as_ref()).0 {
+            return Ok(Some(v));
         }
         let table = self.open_table(def)?;
         let value = redb::ReadableTable::get(&*table.inner, key.borrow())?;
         Ok(value.map(|v| Bytes::from(V::as_bytes(&v.value()).as_ref())))
+    }
+
+    /// The rows of `def` whose keys are in `range`, in key order, as bytes, as this
+    /// transaction sees them. Only for a table redb holds itself: read from redb's
+    /// write transaction if one is begun, else in a read transaction, so a read alone
+    /// begins none.
+    pub(super) fn range<'k, K: Key + 'static, V: Value + 'static, KR>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        range: impl std::ops::RangeBounds<KR> + 'k,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>
+    where
+        (K, V): Slotted<'a, K = K, V = V>,
+        KR: Borrow<K::SelfType<'k>> + 'k,
+    {
+        if recent::slot(def.name()).is_some() || dispatch::place(def.name()).is_some() {
+            return Err(StoreError::Corrupt(
+                def.name().to_string(),
+                "a table kept in memory is not read by range".into(),
+            ));
+        }
+        let rows = |range: redb::Range<'_, K, V>| {
+            range
+                .map(|row| {
+                    let (k, v) = row?;
+                    let key = K::as_bytes(&k.value()).as_ref().to_vec();
+                    Ok((key, Bytes::from(V::as_bytes(&v.value()).as_ref())))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        };
+        if self.txn.get().is_none() {
+            let mut reader = self.reader.borrow_mut();
+            let table = reader.txn()?.open_table(def)?;
+            return rows(redb::ReadableTable::range(&table, range)?);
+        }
+        let table = self.open_table(def)?;
+        rows(redb::ReadableTable::range(&*table.inner, range)?)
     }
 
     /// The row of `def` with the greatest key, in this transaction's view. Only for a
@@ -245,9 +309,16 @@ impl<'a> Tx<'a> {
                 return Ok(Some(row));
             }
         }
+        let row = |last: Option<(redb::AccessGuard<u64>, redb::AccessGuard<&str>)>| {
+            last.map(|(k, v)| (k.value(), Bytes::from(v.value().as_bytes())))
+        };
+        if self.txn.get().is_none() {
+            let mut reader = self.reader.borrow_mut();
+            let table = reader.txn()?.open_table(def)?;
+            return Ok(row(redb::ReadableTable::last(&table)?));
+        }
         let table = self.open_table(def)?;
-        let last = redb::ReadableTable::last(&*table.inner)?;
-        Ok(last.map(|(k, v)| (k.value(), Bytes::from(v.value().as_bytes()))))
+        Ok(row(redb::ReadableTable::last(&*table.inner)?))
     }
 
     /// The dispatch state, to read. It is changed only through [`Tx::put`] and
@@ -336,12 +407,9 @@ impl<'a> Tx<'a> {
     /// changes to the dispatch state back.
     pub(super) fn finish(self) -> Result<Done, StoreError> {
         let mut known = self.known.take();
-        if known.counters.iter().any(|c| c.changed) {
-            let mut table = self.open_table(super::COUNTERS)?;
-            for c in known.counters.iter_mut().filter(|c| c.changed) {
-                table.insert(c.name, c.value)?;
-                c.changed = false;
-            }
+        for c in known.counters.iter_mut().filter(|c| c.changed) {
+            self.put(super::COUNTERS, c.name, c.value)?;
+            c.changed = false;
         }
         Ok(Done {
             known,
@@ -371,7 +439,7 @@ impl<'a> Tx<'a> {
             ))
         })?;
         if slot.is_none() {
-            *slot = Some(<(K, V)>::wrap(self.txn.open_table(def)?));
+            *slot = Some(<(K, V)>::wrap(self.write_txn()?.open_table(def)?));
         }
         let inner = RefMut::filter_map(slot, |s| s.as_mut().and_then(<(K, V)>::table))
             .map_err(|_| unknown())?;
@@ -380,6 +448,16 @@ impl<'a> Tx<'a> {
             def,
             log: self.log,
         })
+    }
+
+    /// redb's write transaction, begun (unsynced) if it is not yet.
+    fn write_txn(&self) -> Result<&'a WriteTransaction, StoreError> {
+        if let Some(txn) = self.txn.get() {
+            return Ok(txn);
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        Ok(self.txn.get_or_init(|| txn))
     }
 }
 
@@ -631,12 +709,22 @@ impl SyncHandle {
     }
 }
 
-/// The log file, appended to by the writer thread alone.
-pub(super) struct Wal {
+/// One of the log's files, as the writer thread appends to it.
+struct Part {
     file: Box<dyn LogFile>,
     path: PathBuf,
-    /// Bytes appended since the log last started over.
+    /// Bytes appended since it last started over.
     len: u64,
+    /// Whether the file holds any bytes: frames may be left on disk beyond `len`, of
+    /// which redb holds every one.
+    written: bool,
+}
+
+/// The log: its two files, appended to by the writer thread alone, one at a time.
+pub(super) struct Wal {
+    parts: [Part; 2],
+    /// The file frames go to.
+    current: usize,
 }
 
 fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
@@ -646,61 +734,87 @@ fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
     )))
 }
 
+/// The whole frames at the start of `bytes`, as (number, payload), and how many bytes
+/// they take: a frame cut short by a crash (its length or checksum does not match) ends
+/// them.
+fn frames(bytes: &[u8]) -> (Vec<(u64, &[u8])>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(head) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+        let sum = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        let lsn = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let Some(payload) = usize::try_from(len)
+            .ok()
+            .and_then(|len| bytes.get(at + HEADER..at + HEADER + len))
+        else {
+            break;
+        };
+        if crc(lsn, payload) != sum {
+            break;
+        }
+        out.push((lsn, payload));
+        at += HEADER + payload.len();
+    }
+    (out, at)
+}
+
 impl Wal {
-    /// Open (or create) the log at `path`, and give back the frames in it that are not
-    /// in redb yet: those whose numbers follow `held`, the last frame redb holds.
-    pub(super) fn open(path: &Path, held: u64) -> Result<(Wal, Unapplied), StoreError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io_error(path, "cannot open the write-ahead log", &e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_error(path, "cannot read the write-ahead log", &e))?;
+    /// Open (or create) the log's files in `dir`, and give back the frames in them that
+    /// are not in redb yet: those whose numbers follow `held`, the last frame redb holds,
+    /// one after another from either file.
+    pub(super) fn open(dir: &Path, held: u64) -> Result<(Wal, Unapplied), StoreError> {
+        let mut found = Vec::new();
+        let parts = WAL_FILES.map(|name| -> Result<Part, StoreError> {
+            let path = dir.join(name);
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_error(&path, "cannot open the write-ahead log", &e))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?;
+            let (whole, at) = frames(&bytes);
+            if at < bytes.len() {
+                tracing::info!(
+                    "`{}`: the last {} bytes are not whole frames (a frame cut short by a crash, never fsynced, so never acknowledged, or what is left of frames already in the store); ignored",
+                    path.display(),
+                    bytes.len() - at
+                );
+            }
+            // Frames redb holds already are skipped.
+            found.extend(
+                whole
+                    .into_iter()
+                    .filter(|(lsn, _)| *lsn > held)
+                    .map(|(lsn, payload)| (lsn, payload.to_vec())),
+            );
+            Ok(Part {
+                file: Box::new(file),
+                path,
+                len: bytes.len() as u64,
+                written: !bytes.is_empty(),
+            })
+        });
+        let [first, second] = parts;
+        let parts = [first?, second?];
+        // The rest must follow on one by one, as they were committed: a gap is where a
+        // crash cut the log short, and nothing after it was acknowledged.
+        found.sort_by_key(|(lsn, _)| *lsn);
         let mut frames = Vec::new();
         let mut last = held;
-        let mut at = 0;
-        while let Some(head) = bytes.get(at..at + HEADER) {
-            let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-            let sum = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-            let lsn = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-            let Some(payload) = usize::try_from(len)
-                .ok()
-                .and_then(|len| bytes.get(at + HEADER..at + HEADER + len))
-            else {
-                break;
-            };
-            if crc(lsn, payload) != sum {
+        for (lsn, payload) in found {
+            if lsn != last + 1 {
                 break;
             }
-            // Frames redb holds already are skipped; the rest must follow on one by one,
-            // as they were committed.
-            if lsn > held {
-                if lsn != last + 1 {
-                    break;
-                }
-                frames.push(payload.to_vec());
-                last = lsn;
-            }
-            at += HEADER + payload.len();
+            frames.push(payload);
+            last = lsn;
         }
-        if at < bytes.len() {
-            tracing::warn!(
-                "`{}`: the last {} bytes do not continue the log (a frame cut short by a crash, never fsynced, so never acknowledged); ignored",
-                path.display(),
-                bytes.len() - at
-            );
-        }
-        let wal = Wal {
-            file: Box::new(file),
-            path: path.to_path_buf(),
-            len: bytes.len() as u64,
-        };
         Ok((
-            wal,
+            Wal { parts, current: 0 },
             Unapplied {
                 frames,
                 next: last + 1,
@@ -708,24 +822,30 @@ impl Wal {
         ))
     }
 
-    /// The log, with `wrap(file)` in the place of its file.
+    /// The log, with `wrap(file)` in the place of each of its files.
     #[cfg(test)]
-    pub(super) fn wrapped(self, wrap: impl FnOnce(Box<dyn LogFile>) -> Box<dyn LogFile>) -> Wal {
+    pub(super) fn wrapped(self, mut wrap: impl FnMut(Box<dyn LogFile>) -> Box<dyn LogFile>) -> Wal {
+        let [a, b] = self.parts;
+        let mut wrap = |p: Part| Part {
+            file: wrap(p.file),
+            ..p
+        };
         Wal {
-            file: wrap(self.file),
+            parts: [wrap(a), wrap(b)],
             ..self
         }
     }
 
-    /// A second handle on the file, to fsync it from another thread.
+    /// A second handle on the file frames go to, to fsync it from another thread.
     pub(super) fn sync_handle(&self) -> Result<SyncHandle, StoreError> {
-        let file = self
+        let part = &self.parts[self.current];
+        let file = part
             .file
             .share()
-            .map_err(|e| io_error(&self.path, "cannot share the write-ahead log", &e))?;
+            .map_err(|e| io_error(&part.path, "cannot share the write-ahead log", &e))?;
         Ok(SyncHandle {
             file,
-            path: self.path.clone(),
+            path: part.path.clone(),
         })
     }
 
@@ -745,24 +865,61 @@ impl Wal {
         frame.extend_from_slice(&crc(lsn, payload).to_le_bytes());
         frame.extend_from_slice(&lsn.to_le_bytes());
         frame.extend_from_slice(payload);
-        self.file
-            .write_at(self.len, &frame)
-            .map_err(|e| io_error(&self.path, "cannot append to the write-ahead log", &e))?;
-        self.len += frame.len() as u64;
+        let part = &mut self.parts[self.current];
+        part.file
+            .write_at(part.len, &frame)
+            .map_err(|e| io_error(&part.path, "cannot append to the write-ahead log", &e))?;
+        part.len += frame.len() as u64;
+        part.written = true;
         Ok(())
     }
 
-    /// Bytes logged since the log last started over.
+    /// Bytes appended to the file frames go to since it last started over.
     pub(super) fn len(&self) -> u64 {
-        self.len
+        self.parts[self.current].len
     }
 
-    /// Start over: every frame is in redb's durable state.
+    /// Whether both files are empty, on disk too.
+    pub(super) fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| !p.written)
+    }
+
+    /// Whether frames can go to the other file: it is empty.
+    pub(super) fn can_swap(&self) -> bool {
+        self.parts[1 - self.current].len == 0
+    }
+
+    /// Send frames to the other file from now on (see [`Wal::can_swap`]); the handle the
+    /// fsync thread is to use for it. Once redb durably holds every frame of the file
+    /// left, call [`Wal::recycled`].
+    pub(super) fn swap(&mut self) -> Result<SyncHandle, StoreError> {
+        self.current = 1 - self.current;
+        self.sync_handle()
+            .inspect_err(|_| self.current = 1 - self.current)
+    }
+
+    /// redb durably holds every frame of the file left at the last [`Wal::swap`]: the
+    /// next frames to go there overwrite it from its start. Its bytes stay on disk, so
+    /// its blocks are already allocated and written, and an fsync of frames written
+    /// over them changes no file metadata: no journal commit, which made such an fsync
+    /// cost 0.49 to 0.50 ms a handoff (p50, one at a time) against 0.33 to 0.41 over
+    /// written blocks. A restart skips frames redb holds, so the old ones left after the
+    /// new are ignored.
+    pub(super) fn recycled(&mut self) {
+        self.parts[1 - self.current].len = 0;
+    }
+
+    /// Start over, with both files emptied: every frame is in redb's durable state.
     pub(super) fn reset(&mut self) -> Result<(), StoreError> {
-        self.file
-            .clear()
-            .map_err(|e| io_error(&self.path, "cannot reset the write-ahead log", &e))?;
-        self.len = 0;
+        for part in &mut self.parts {
+            if part.written {
+                part.file
+                    .clear()
+                    .map_err(|e| io_error(&part.path, "cannot reset the write-ahead log", &e))?;
+                part.len = 0;
+                part.written = false;
+            }
+        }
         Ok(())
     }
 }
@@ -782,10 +939,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let log = RefCell::new(Vec::new());
-        let txn = store.db.begin_write().unwrap();
+        let txn = OnceCell::from(store.db.begin_write().unwrap());
         {
             let tx = Tx::new(
-                &txn,
+                (&store.db, &txn),
                 Some(&log),
                 Known::default(),
                 &store.queues,
@@ -803,7 +960,7 @@ mod tests {
             assert_eq!(second.get("t-1").unwrap().unwrap().value(), "one");
             second.insert("t-2", "two").unwrap();
         }
-        txn.commit().unwrap();
+        txn.into_inner().unwrap().commit().unwrap();
         let logged = log.into_inner();
         let changes = changes(&logged).unwrap();
         let keys: Vec<&[u8]> = changes.iter().map(|c| c.key).collect();
