@@ -203,8 +203,6 @@ struct Progress {
     /// Handles on the files the log went on to, oldest first, for the fsync thread: it
     /// fsyncs the file it holds before it takes the next.
     swaps: Vec<SyncHandle>,
-    /// A checkpoint runs on its own thread.
-    folding: bool,
 }
 
 /// The progress, and who waits on it: the writer thread (`work`), callers of `durable`
@@ -258,6 +256,15 @@ impl Syncer {
             synced: watch::channel(at).0,
         });
         let group = Arc::new(AtomicBool::new(false));
+        let (folds, to_fold) = mpsc::channel::<Fold>();
+        let (back, folded) = mpsc::channel::<Outcome>();
+        let folder = {
+            let (db, recent, state) = (db.clone(), recent.clone(), state.clone());
+            std::thread::Builder::new()
+                .name("baton-checkpoint".into())
+                .spawn(move || fold_loop(&db, &recent, &to_fold, &back, &state))
+                .map_err(|e| StoreError::Db(redb::Error::Io(e)))?
+        };
         let mut writer = Writer {
             db,
             queues,
@@ -269,11 +276,20 @@ impl Syncer {
             unrecorded: false,
             state: state.clone(),
             folding: None,
+            folds,
+            folded,
         };
         let policy = group.clone();
         let thread = std::thread::Builder::new()
             .name("baton-writer".into())
-            .spawn(move || writer.run(&policy, log))
+            .spawn(move || {
+                writer.run(&policy, log);
+                // Its channel closed, the checkpoint thread ends, and lets go of redb.
+                drop(writer);
+                if folder.join().is_err() {
+                    tracing::error!("the checkpoint thread panicked");
+                }
+            })
             .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
         Ok(Syncer {
             group,
@@ -328,15 +344,6 @@ impl Syncer {
         let p = lock(&self.state.progress);
         check(&p, p.committed)?;
         Ok((p.committed > p.synced).then_some(p.committed))
-    }
-
-    /// Wait until no checkpoint runs on its own thread: a test's way to copy the store's
-    /// files as a kill would leave them between checkpoints.
-    #[cfg(test)]
-    pub(super) fn between_checkpoints(&self) {
-        while lock(&self.state.progress).folding {
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 
     /// Acknowledged writes logged, and the fsyncs of the log, so far.
@@ -454,6 +461,9 @@ struct Writer {
     /// The checkpoint running on its own thread, if one is: its last frame, and the
     /// dispatch state's changes it writes, to be noted again if it fails.
     folding: Option<(u64, Arc<Unsaved>)>,
+    /// Where checkpoints go to their thread, and how they ended comes back.
+    folds: mpsc::Sender<Fold>,
+    folded: mpsc::Receiver<Outcome>,
 }
 
 impl Writer {
@@ -469,18 +479,8 @@ impl Writer {
                 .spawn(move || sync_log(log, &state))
                 .expect("spawn the log's fsync thread")
         };
-        let (folds, folded) = {
-            let (to, from) = mpsc::channel::<Fold>();
-            let (back, folded) = mpsc::channel::<Outcome>();
-            let (db, recent, state) = (self.db.clone(), self.recent.clone(), state.clone());
-            let thread = std::thread::Builder::new()
-                .name("baton-checkpoint".into())
-                .spawn(move || fold_loop(&db, &recent, &from, &back, &state))
-                .expect("spawn the checkpoint thread");
-            ((to, thread), folded)
-        };
         loop {
-            self.settle(&folded, false);
+            self.settle(false);
             let (batch, broken) = {
                 let mut p = lock(&state.progress);
                 let mut quiet = false;
@@ -504,7 +504,7 @@ impl Writer {
                     // Quiet: fold the log into redb now, while nobody waits on it. If
                     // that fails, the log still holds everything, and the next quiet
                     // spell tries again.
-                    let _ = self.checkpoint(&folded);
+                    let _ = self.checkpoint();
                     continue;
                 }
                 (std::mem::take(&mut p.queue), p.broken)
@@ -514,13 +514,13 @@ impl Writer {
             // commits the log holds with commits it does not. Either way redb is made
             // durable first, so what the log holds always follows on from it.
             if broken || group != self.group {
-                let _ = self.checkpoint(&folded);
+                let _ = self.checkpoint();
                 self.group = group;
             }
             if group {
-                self.apply_group(batch, &folded);
+                self.apply_group(batch);
                 if self.wal.len() >= CHECKPOINT {
-                    self.fold(&folds.0, &folded);
+                    self.fold();
                 }
             } else {
                 for mut w in batch {
@@ -535,12 +535,7 @@ impl Writer {
                 }
             }
         }
-        let _ = self.checkpoint(&folded);
-        let (to, thread) = folds;
-        drop(to);
-        if thread.join().is_err() {
-            tracing::error!("the checkpoint thread panicked");
-        }
+        let _ = self.checkpoint();
         drop(closing);
         if syncer.join().is_err() {
             tracing::error!("the log's fsync thread panicked");
@@ -550,9 +545,9 @@ impl Writer {
     /// Apply `batch` in one unsynced transaction and log it; if any write in it fails,
     /// redo each alone. Acknowledged writes are counted before their callers hear back,
     /// so a caller that then awaits `durable` waits for the fsync that covers its write.
-    fn apply_group(&mut self, mut batch: Vec<Box<dyn Write>>, folded: &Receiver) {
+    fn apply_group(&mut self, mut batch: Vec<Box<dyn Write>>) {
         if batch.len() > 1 {
-            if self.together(&mut batch, folded).is_ok() {
+            if self.together(&mut batch).is_ok() {
                 for w in batch {
                     w.finish(Ok(()));
                 }
@@ -564,7 +559,7 @@ impl Writer {
             );
         }
         for mut w in batch {
-            let outcome = self.together(std::slice::from_mut(&mut w), folded);
+            let outcome = self.together(std::slice::from_mut(&mut w));
             w.finish(outcome);
         }
     }
@@ -572,11 +567,7 @@ impl Writer {
     /// Apply `writes` in one transaction, commit it (to redb, unsynced, if it changed a
     /// table redb holds itself) and append its changes to the log as the next frame; on
     /// any failure (a panic included) nothing is committed.
-    fn together(
-        &mut self,
-        writes: &mut [Box<dyn Write>],
-        folded: &Receiver,
-    ) -> Result<(), StoreError> {
+    fn together(&mut self, writes: &mut [Box<dyn Write>]) -> Result<(), StoreError> {
         let lsn = self.next;
         let log = RefCell::new(Vec::new());
         let txn = OnceCell::new();
@@ -621,7 +612,7 @@ impl Writer {
                 // make redb durable at once instead. If that fails too, the log is
                 // marked broken and no write is acknowledged until a checkpoint works.
                 tracing::error!("group commit: {e}; checkpointing instead");
-                let _ = self.checkpoint(folded);
+                let _ = self.checkpoint();
             }
         }
         Ok(())
@@ -631,22 +622,22 @@ impl Writer {
     /// go on logging to the other file meanwhile. While the last checkpoint still runs,
     /// the file grows on; if it failed, so that the other file still holds frames redb
     /// lacks, checkpoint here.
-    fn fold(&mut self, folds: &mpsc::Sender<Fold>, folded: &Receiver) {
+    fn fold(&mut self) {
         // Twice the interval bounds the log and the rows kept in memory: past that, the
         // writer waits for the last checkpoint to end.
-        self.settle(folded, self.wal.len() >= 2 * CHECKPOINT);
+        self.settle(self.wal.len() >= 2 * CHECKPOINT);
         if self.folding.is_some() {
             return;
         }
         if !self.wal.can_swap() {
-            let _ = self.checkpoint(folded);
+            let _ = self.checkpoint();
             return;
         }
         let sync = match self.wal.swap() {
             Ok(swapped) => swapped,
             Err(e) => {
                 tracing::error!("group commit: {e}; checkpointing here instead");
-                let _ = self.checkpoint(folded);
+                let _ = self.checkpoint();
                 return;
             }
         };
@@ -660,26 +651,24 @@ impl Writer {
             unsaved: unsaved.clone(),
             lsn,
         };
-        lock(&self.state.progress).folding = true;
         self.folding = Some((lsn, unsaved));
-        if let Err(mpsc::SendError(fold)) = folds.send(fold) {
+        if let Err(mpsc::SendError(fold)) = self.folds.send(fold) {
             // The thread is gone (it never ends before the writer): do it here.
             let outcome = fold.run(&self.db, &self.recent);
-            lock(&self.state.progress).folding = false;
             self.settled(outcome);
         }
     }
 
     /// Take the outcome of the checkpoint running on its own thread, if there is one:
     /// waiting for it with `wait`, else only if it has ended.
-    fn settle(&mut self, folded: &Receiver, wait: bool) {
+    fn settle(&mut self, wait: bool) {
         if self.folding.is_none() {
             return;
         }
         let outcome = if wait {
-            folded.recv().ok()
+            self.folded.recv().ok()
         } else {
-            match folded.try_recv() {
+            match self.folded.try_recv() {
                 Ok(outcome) => Some(outcome),
                 Err(mpsc::TryRecvError::Empty) => return,
                 Err(mpsc::TryRecvError::Disconnected) => None,
@@ -725,8 +714,8 @@ impl Writer {
     /// Make redb durable here (after the checkpoint running on its own thread, if any),
     /// with every row kept in memory written into it, so every frame is in it, and
     /// start the log over.
-    fn checkpoint(&mut self, folded: &Receiver) -> Result<(), StoreError> {
-        self.settle(folded, true);
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.settle(true);
         let flushed = flush(&self.db, &self.queues, &self.recent, self.next - 1);
         let mut p = lock(&self.state.progress);
         match &flushed {
@@ -758,9 +747,6 @@ impl Writer {
         flushed
     }
 }
-
-/// Where the checkpoint thread's outcomes come back to the writer.
-type Receiver = mpsc::Receiver<Outcome>;
 
 /// A checkpoint handed to its thread: the rows kept in memory and the dispatch state's
 /// changes up to frame `lsn`.
@@ -801,7 +787,6 @@ fn fold_loop(
 ) {
     for fold in folds {
         let outcome = fold.run(db, kept);
-        lock(&state.progress).folding = false;
         if back.send(outcome).is_err() {
             return;
         }
@@ -981,6 +966,14 @@ mod tests {
         task
     }
 
+    /// Wait until no checkpoint runs on its own thread: a test's way to copy the store's
+    /// files as a kill would leave them between checkpoints.
+    fn between_checkpoints(store: &Store) {
+        while store.recent.frozen() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Every one of `tasks` is in `store`; `when` says when, in the message if one is not.
     fn assert_kept(store: &Store, tasks: &[String], when: &str) {
         for t in tasks {
@@ -1149,7 +1142,7 @@ mod tests {
         let mut last = held();
         for i in 0..WRITES {
             tasks.push(acknowledged(&store, i));
-            store.syncer.between_checkpoints();
+            between_checkpoints(&store);
             checkpoints += usize::from(held() > last);
             last = held();
         }
@@ -1241,7 +1234,7 @@ mod tests {
         let killed = as_killed(dir.path(), true);
         let redb_alone = as_killed(dir.path(), false);
         drop(hold);
-        store.syncer.between_checkpoints();
+        between_checkpoints(&store);
         drop(store);
 
         let store = Store::open(redb_alone.path()).unwrap();
@@ -1400,7 +1393,7 @@ mod tests {
         for _ in 0..3 {
             tasks.push(acknowledged(&store, tasks.len()));
         }
-        store.syncer.between_checkpoints();
+        between_checkpoints(&store);
         let killed = as_killed(dir.path(), true);
         drop(store);
         let store = Store::open(killed.path()).unwrap();

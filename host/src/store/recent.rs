@@ -156,6 +156,12 @@ impl Recent {
         rows
     }
 
+    /// Whether rows are [frozen](Recent::freeze): a checkpoint of them has not ended.
+    #[cfg(test)]
+    pub(super) fn frozen(&self) -> bool {
+        self.lock().frozen.is_some()
+    }
+
     /// redb's durable state now holds the rows [frozen](Recent::freeze): drop them.
     pub(super) fn saved(&self) {
         let mut state = self.lock();
