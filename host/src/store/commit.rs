@@ -223,6 +223,15 @@ pub(super) struct Syncer {
     thread: Option<JoinHandle<()>>,
 }
 
+impl State {
+    /// Tell the callers of `durable`, blocked and async, that every frame up to `synced`
+    /// is on disk (or that `failed` changed). Called with the progress unlocked.
+    fn tell(&self, synced: u64) {
+        self.done.notify_all();
+        self.synced.send_replace(synced);
+    }
+}
+
 fn lock(m: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
     // A panic elsewhere leaves the counters and the queue consistent: each is changed in
     // one step under the lock.
@@ -697,8 +706,7 @@ impl Writer {
                 p.attempted = p.attempted.max(lsn);
                 let synced = p.synced;
                 drop(p);
-                self.state.done.notify_all();
-                self.state.synced.send_replace(synced);
+                self.state.tell(synced);
             }
             Err(e) => {
                 // Nothing is lost: the old file still holds its frames, and the rows
@@ -735,8 +743,7 @@ impl Writer {
         }
         let synced = p.synced;
         drop(p);
-        self.state.done.notify_all();
-        self.state.synced.send_replace(synced);
+        self.state.tell(synced);
         if flushed.is_ok()
             && !self.wal.is_empty()
             && let Err(e) = self.wal.reset()
@@ -868,8 +875,7 @@ fn sync_log(mut log: SyncHandle, state: &State) {
         }
         let now = p.synced;
         drop(p);
-        state.done.notify_all();
-        state.synced.send_replace(now);
+        state.tell(now);
     }
 }
 
