@@ -86,8 +86,8 @@ pub struct Shared {
     /// Wakes `check-inbox` and `read-stream` waiters when something was written.
     pub changed: Notify,
     /// Who waits for which task to end ([`crate::Host::finished`]), so an ending task
-    /// wakes its own waiters and no others.
-    ended: std::sync::Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+    /// wakes its own waiters and no others, handing them its record when it has it.
+    ended: std::sync::Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<Ended>>>>,
 }
 
 impl Shared {
@@ -133,14 +133,20 @@ impl Shared {
     }
 
     /// Wake whoever waits for task `id`: it reached a final state, or changed state.
-    pub fn task_ended(&self, id: &str) {
-        let waiters = self
+    /// `record` is the task as stored now, on disk, if the caller has it: the waiters
+    /// then need not read it back.
+    pub fn task_ended(&self, id: &str, record: Option<&TaskRecord>) {
+        let Some(waiters) = self
             .ended
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        for w in waiters.into_iter().flatten() {
-            let _ = w.send(());
+            .remove(id)
+        else {
+            return;
+        };
+        let record = record.map(|r| Arc::new(r.clone()));
+        for w in waiters {
+            let _ = w.send(record.clone());
         }
     }
 
@@ -205,19 +211,25 @@ pub struct OpenStream {
 pub struct EndWait<'a> {
     shared: &'a Shared,
     id: String,
-    rx: tokio::sync::oneshot::Receiver<()>,
+    rx: tokio::sync::oneshot::Receiver<Ended>,
 }
 
+/// What an [`EndWait`] hands over: the task as stored when it ended, if the one who
+/// ended it had the record.
+pub type Ended = Option<Arc<TaskRecord>>;
+
 impl Future for EndWait<'_> {
-    type Output = ();
+    type Output = Ended;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
+    ) -> std::task::Poll<Ended> {
         // Only `task_ended` drops a sender, right after it sends: either answer means
         // the task may have ended.
-        std::pin::Pin::new(&mut self.rx).poll(cx).map(|_| ())
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|sent| sent.ok().flatten())
     }
 }
 
@@ -688,7 +700,7 @@ impl Host for MeshView<'_> {
         .await
         .map_err(trap)?;
         for t in claimed.iter().flatten() {
-            shared.task_ended(&t.id);
+            shared.task_ended(&t.id, None);
         }
         Ok(claimed
             .unwrap_or_default()

@@ -30,8 +30,8 @@ use std::pin::Pin;
 
 use super::{
     AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Pick, PickFn, Refusal, Store, StoreError, StreamMeta,
-    StreamRead, StreamWriter, TaskRecord, Written, queue::Outcome,
+    FailureKind, HandoffRecord, NewHandoff, Pick, PickFn, Refusal, Status, Store, StoreError,
+    StreamMeta, StreamRead, StreamWriter, TaskRecord, Written, queue::Outcome,
 };
 
 /// A future a backend returns from a trait method.
@@ -69,6 +69,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn is_granted(&self, agent: &str, key: &str) -> Result<bool, StoreError>;
     /// The task called `id`.
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// The status of the task called `id`: a backend may answer it without the whole
+    /// record.
+    fn task_status(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        Ok(self.task(id)?.map(|t| t.status))
+    }
     /// The handoff called `id`.
     fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError>;
     /// The stream at `key`.
@@ -181,6 +186,9 @@ impl Backend for Store {
     }
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         Store::task(self, id)
+    }
+    fn task_status(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        Store::task_status(self, id)
     }
     fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
         Store::handoff(self, id)

@@ -397,6 +397,17 @@ impl Store {
         self.get(TASKS, id)
     }
 
+    /// Where the task called `id` is in its life: its record's status alone, which
+    /// decodes without building the rest of the record.
+    pub fn task_status(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        /// The one field read; serde skips the others.
+        #[derive(Deserialize)]
+        struct StatusOnly {
+            status: Status,
+        }
+        Ok(self.get::<StatusOnly>(TASKS, id)?.map(|t| t.status))
+    }
+
     /// The handoff called `id`.
     pub fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
         self.get(HANDOFFS, id)
