@@ -122,9 +122,14 @@ pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> 
         prev: head.hash,
         hash: String::new(),
     };
-    let body = serde_json::to_vec(&record).expect("audit records serialize");
-    record.hash = chain_hash(&record.prev, &body);
-    let json = serde_json::to_string(&record).expect("audit records serialize");
+    let mut json = serde_json::to_string(&record).expect("audit records serialize");
+    record.hash = chain_hash(&record.prev, json.as_bytes());
+    // The record as stored is the body hashed with `hash` filled in: it is the last
+    // field, so its empty string closes the body, and the hash goes in between its
+    // quotes instead of serializing the record a second time.
+    let open = json.len() - "\"}".len();
+    debug_assert_eq!(&json[open - "\"hash\":\"".len()..], "\"hash\":\"\"}");
+    json.insert_str(open, &record.hash);
     txn.put(AUDIT, seq, json.as_str())?;
     txn.set_audit_head(Head {
         seq,

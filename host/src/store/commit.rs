@@ -1600,6 +1600,33 @@ mod tests {
         assert_eq!(claimed, tasks, "the failed write's task was claimable");
     }
 
+    /// The writer reads a task back from the record it keeps decoded (see `decoded`) only
+    /// while the row still holds the bytes it wrote: a row changed some other way is
+    /// decoded again, and a claim neither reads nor writes back the record it replaced.
+    #[test]
+    fn a_task_is_read_back_as_its_row_holds_it_not_as_it_was_last_decoded() {
+        let (_dir, store) = group_store();
+        let task = acknowledged(&store, 0);
+        let mut changed = store.task(&task).unwrap().unwrap();
+        changed.summary = "changed behind the writer's back".into();
+        let json = serde_json::to_string(&changed).unwrap();
+        let id = task.clone();
+        store
+            .write(super::Ack::Acknowledged, move |tx| {
+                tx.put(crate::store::TASKS, id.as_str(), json.as_str())
+            })
+            .wait()
+            .unwrap();
+        let pick: crate::store::Pick =
+            Arc::new(|target: &str, _: &[&str], _: &[String]| Some(target.to_string()));
+        let claimed = store.claim_ready(1, pick).wait().unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].summary, changed.summary);
+        let stored = store.task(&task).unwrap().unwrap();
+        assert_eq!(stored.summary, changed.summary);
+        assert_eq!(stored.status, crate::store::Status::Running);
+    }
+
     /// A reader that began reading redb before a checkpoint moved a row from memory to
     /// redb still finds the row: it reads it in a transaction begun after.
     #[test]

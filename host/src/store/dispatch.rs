@@ -24,11 +24,12 @@
 //! back: they only ever use what they see as a hint, which the writer checks again.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use foldhash::HashMap;
 use redb::{Key, ReadableTable, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::{INBOX, INBOX_CLAIMS, READY, RUNNING, StoreError};
@@ -79,7 +80,7 @@ impl<K: Key + 'static, V: Value + 'static> Rows<K, V> {
     fn new() -> Self {
         Rows {
             rows: BTreeMap::new(),
-            dirty: HashMap::new(),
+            dirty: HashMap::default(),
             values: PhantomData,
         }
     }

@@ -15,6 +15,8 @@
 //! - `commit`: the commit policy, group commit and checkpoints.
 //! - `wal`: the write-ahead log that group commit fsyncs, and how a restart redoes it.
 //! - `dispatch`: the wake queue, inboxes and running tasks, kept in memory.
+//! - `decoded`: the task records the writer wrote last, kept decoded for the writes
+//!   that read them back.
 //! - `recent`: what a handoff writes besides (tasks, handoffs, grants, entries, chains,
 //!   audit records) since the last checkpoint, in memory.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
@@ -25,6 +27,7 @@
 mod audit;
 mod backend;
 mod commit;
+mod decoded;
 mod dispatch;
 mod operator;
 mod queue;
@@ -704,6 +707,33 @@ fn put_json<T: Serialize>(
 ) -> Result<(), StoreError> {
     let json = serde_json::to_string(value).expect("records serialize");
     txn.put(table, id, json.as_str())
+}
+
+/// Save `task` (see `decoded`: the writer keeps it decoded for the next write that reads
+/// it back).
+fn put_task(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
+    let json = serde_json::to_string(task).expect("records serialize");
+    if let Some(bytes) = txn.put_kept(TASKS, task.id.as_str(), json.as_str())? {
+        txn.keep_task(bytes, task);
+    }
+    Ok(())
+}
+
+/// Task `id`, which must exist.
+fn get_task(txn: &Tx<'_>, id: &str) -> Result<TaskRecord, StoreError> {
+    try_get_task(txn, id)?.ok_or_else(|| StoreError::Missing("record", id.into()))
+}
+
+/// Task `id`, if it exists: as the writer keeps it decoded if it still does, else decoded
+/// from its row.
+fn try_get_task(txn: &Tx<'_>, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(json) = txn.get(TASKS, id)? else {
+        return Ok(None);
+    };
+    match txn.decoded_task(id, &json) {
+        Some(task) => Ok(Some(task)),
+        None => decode_bytes(id, &json).map(Some),
+    }
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(

@@ -13,8 +13,8 @@ use super::commit::Ack;
 use super::wal::Tx;
 use super::{
     CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, Queued, READY,
-    RUNNING, STREAMS, Store, StoreError, TASKS, get_json, next, now_ms, put, put_json,
-    try_get_json,
+    RUNNING, STREAMS, Store, StoreError, get_json, get_task, next, now_ms, put, put_json, put_task,
+    try_get_task,
 };
 use crate::grants::output_key;
 use crate::manifest::{OPERATOR, hex};
@@ -193,7 +193,7 @@ impl Store {
             for id in &ids {
                 txn.remove(RUNNING, id.as_str())?;
                 release_claims(txn, id, true)?;
-                let mut task: TaskRecord = get_json(txn, TASKS, id)?;
+                let mut task: TaskRecord = get_task(txn, id)?;
                 task.status = Status::Pending;
                 task.agent = None;
                 make_ready(txn, &task)?;
@@ -267,7 +267,7 @@ fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRec
     for ((seq, target, tid), agent) in chosen {
         txn.remove(READY, seq)?;
         txn.remove(INBOX, (target.as_str(), seq))?;
-        let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
+        let mut task: TaskRecord = get_task(txn, &tid)?;
         task.status = Status::Running;
         task.agent = Some(agent);
         task.attempts += 1;
@@ -302,7 +302,7 @@ fn claim_inbox_in(
         if claimed.len() >= max as usize {
             break;
         }
-        let mut task: TaskRecord = get_json(txn, TASKS, &tid)?;
+        let mut task: TaskRecord = get_task(txn, &tid)?;
         if task.not_before > now {
             continue;
         }
@@ -326,7 +326,7 @@ fn complete_in(
     data: &[u8],
     reply_deadline_ms: u64,
 ) -> Result<TaskRecord, StoreError> {
-    let mut task: TaskRecord = get_json(txn, TASKS, task_id)?;
+    let mut task: TaskRecord = get_task(txn, task_id)?;
     let now = now_ms();
     let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
     let key = output_key(&agent, &task.id);
@@ -336,7 +336,7 @@ fn complete_in(
     task.outcome_key = Some(key);
     task.outcome_summary = Some(summary.to_string());
     task.error = None;
-    put_json(txn, TASKS, &task.id, &task)?;
+    put_task(txn, &task)?;
     txn.remove(RUNNING, task.id.as_str())?;
     // What it claimed through `check-inbox` was handled with it.
     release_claims(txn, &task.id, false)?;
@@ -540,7 +540,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
     // Making it ready saves the task; a stream's task waiting for its first chunk is
     // saved as it is.
     if waiting {
-        put_json(txn, TASKS, &tid, &task)?;
+        put_task(txn, &task)?;
     } else {
         make_ready(txn, &task)?;
     }
@@ -563,7 +563,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
 
 /// Put a task in its target's inbox and the wake queue, at the back.
 pub(super) fn make_ready(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
-    put_json(txn, TASKS, &task.id, task)?;
+    put_task(txn, task)?;
     let seq = next(txn, "seq")?;
     txn.put(INBOX, (task.to.as_str(), seq), task.id.as_str())?;
     let entry = format!(
@@ -592,7 +592,7 @@ fn release_claims(txn: &Tx<'_>, claimer: &str, give_back: bool) -> Result<(), St
         if !give_back {
             continue;
         }
-        let mut task: TaskRecord = get_json(txn, TASKS, id)?;
+        let mut task: TaskRecord = get_task(txn, id)?;
         if task.status == Status::Delivered {
             task.status = Status::Pending;
             task.agent = None;
@@ -623,7 +623,7 @@ fn end_handoffs_of(txn: &Tx<'_>, task: &str) -> Result<(), StoreError> {
 
 /// Mark a task delivered to its agent: save it and grant its pointer.
 fn deliver(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
-    put_json(txn, TASKS, &task.id, task)?;
+    put_task(txn, task)?;
     if let Some(key) = &task.pointer {
         let agent = task.agent.as_deref().unwrap_or(&task.to);
         txn.put(GRANTS, (agent, key.as_str()), ())?;
@@ -677,7 +677,7 @@ fn fail_in(
     reply_deadline_ms: u64,
 ) -> Result<TaskRecord, StoreError> {
     let now = now_ms();
-    let mut task: TaskRecord = get_json(txn, TASKS, task_id)?;
+    let mut task: TaskRecord = get_task(txn, task_id)?;
     txn.remove(RUNNING, task.id.as_str())?;
     task.error = Some(reason.to_string());
     let applied = |action: &str, next_task: Option<String>| FallbackApplied {
@@ -715,7 +715,7 @@ fn fail_in(
         }
         Fallback::Reroute { to } => {
             let parent: Option<TaskRecord> = match &task.parent {
-                Some(p) => try_get_json(txn, TASKS, p)?,
+                Some(p) => try_get_task(txn, p)?,
                 None => None,
             };
             let rerouted = NewHandoff {
@@ -744,7 +744,7 @@ fn fail_in(
             };
             finish_failed(txn, &mut task, now)?;
             task.fallback_applied = Some(applied("reroute", next_task));
-            put_json(txn, TASKS, &task.id, &task)?;
+            put_task(txn, &task)?;
             return Ok(task);
         }
         Fallback::Escalate => {
@@ -765,7 +765,7 @@ fn fail_in(
         Fallback::None => {}
     }
     finish_failed(txn, &mut task, now)?;
-    put_json(txn, TASKS, &task.id, &task)?;
+    put_task(txn, &task)?;
     send_reply(txn, &task, &format!("failed: {reason}"), reply_deadline_ms)?;
     Ok(task)
 }

@@ -12,7 +12,7 @@ use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
 use super::wal::Tx;
 use super::{
-    HANDOFFS, Queued, STREAMS, Store, StoreError, TASKS, get_json, now_ms, put, put_json,
+    HANDOFFS, Queued, STREAMS, Store, StoreError, get_json, get_task, now_ms, put, put_json,
     try_get_json,
 };
 use crate::store::records::*;
@@ -95,7 +95,7 @@ fn read_chunk(txn: &Tx<'_>, reader: &str, key: &str, after: u64) -> Outcome<Stre
     let Some(mut meta) = try_get_json::<StreamMeta>(txn, STREAMS, key)? else {
         return Ok(Err(Refusal::NotFound(format!("no stream at `{key}`"))));
     };
-    let task: TaskRecord = get_json(txn, TASKS, &meta.task)?;
+    let task: TaskRecord = get_task(txn, &meta.task)?;
     if task.agent.as_deref().unwrap_or(&task.to) != reader {
         return Ok(Err(Refusal::Denied(format!(
             "agent `{reader}` is not the reader of the stream at `{key}`"
@@ -221,7 +221,7 @@ fn stream_of(txn: &Tx<'_>, by: &StreamWriter) -> Outcome<StreamMeta> {
 
 /// Make the reader's task ready if it still waits for its first chunk.
 fn wake_reader(txn: &Tx<'_>, meta: &StreamMeta) -> Result<(), StoreError> {
-    let mut task: TaskRecord = get_json(txn, TASKS, &meta.task)?;
+    let mut task: TaskRecord = get_task(txn, &meta.task)?;
     if task.status != Status::Waiting {
         return Ok(());
     }

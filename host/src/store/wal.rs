@@ -35,8 +35,10 @@ use std::sync::{Arc, MutexGuard};
 use redb::{Database, Durability, Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::audit::Head;
+use super::decoded::Decoded;
 use super::dispatch::{self, Queues, Shared, Undo};
 use super::recent::{self, Bytes, Recent, Staged};
+use super::records::TaskRecord;
 use super::{Reader, StoreError};
 
 /// The log's two files, beside the redb file in the state directory. Frames go to one
@@ -65,7 +67,8 @@ const HEADER: usize = 16;
 /// tables dozens of times.
 ///
 /// It also keeps what the store's writes read back most ([`Known`]): the counters that
-/// number tasks, handoffs and queue places, and the audit chain's head. A counter is
+/// number tasks, handoffs and queue places, the audit chain's head, and the task records
+/// it wrote last, decoded (see `decoded`). A counter is
 /// written to its table once, when the transaction is [finished](Tx::finish), however
 /// many times it was drawn; a batch draws the same three counters dozens of times.
 ///
@@ -121,6 +124,8 @@ pub(super) struct Known {
     audit_head: Option<Head>,
     /// Counters' values, and whether this transaction changed them.
     counters: Vec<Counter>,
+    /// Task records as last written, decoded.
+    tasks: Decoded,
 }
 
 #[derive(Debug)]
@@ -168,13 +173,29 @@ impl<'a> Tx<'a> {
     where
         (K, V): Slotted<'a, K = K, V = V>,
     {
+        self.put_kept(def, key, value).map(drop)
+    }
+
+    /// [`Tx::put`], giving back the bytes kept in memory for the row, if it is kept
+    /// there (see `recent`): a later read in the writer gets those very bytes back.
+    pub(super) fn put_kept<'k, 'v, K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<Option<Bytes>, StoreError>
+    where
+        (K, V): Slotted<'a, K = K, V = V>,
+    {
         if let Some(place) = dispatch::place(def.name()) {
             let key = K::as_bytes(key.borrow()).as_ref().to_vec();
             let value = V::as_bytes(value.borrow()).as_ref().to_vec();
-            return self.queue_set((place, def), key, Some(value));
+            return self
+                .queue_set((place, def), key, Some(value))
+                .map(|()| None);
         }
         let Some(slot) = recent::slot(def.name()) else {
-            return self.open_table(def)?.insert(key, value);
+            return self.open_table(def)?.insert(key, value).map(|()| None);
         };
         let (key, value) = (key.borrow(), value.borrow());
         let bytes = K::as_bytes(key).as_ref().to_vec();
@@ -193,13 +214,13 @@ impl<'a> Tx<'a> {
                 self.open_table(def)?.insert(key, value)?;
                 // Kept only if a checkpoint failed to save it: the newer row replaces it.
                 if self.recent.get(def.name(), &bytes).0.is_none() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
         let value = Bytes::from(V::as_bytes(value).as_ref());
-        self.staged.borrow_mut().put(slot, bytes, value);
-        Ok(())
+        self.staged.borrow_mut().put(slot, bytes, value.clone());
+        Ok(Some(value))
     }
 
     /// Remove `key` from `def`, if it is there. A row of the dispatch state is removed in
@@ -372,6 +393,18 @@ impl<'a> Tx<'a> {
     /// Note the audit chain's new last record.
     pub(super) fn set_audit_head(&self, head: Head) {
         self.known.borrow_mut().audit_head = Some(head);
+    }
+
+    /// The record of task `id` decoded from `bytes`, the row as this transaction reads
+    /// it, if the writer still has it decoded (see `decoded`). Taken out: write it again
+    /// with [`Tx::keep_task`] to keep it.
+    pub(super) fn decoded_task(&self, id: &str, bytes: &Bytes) -> Option<TaskRecord> {
+        self.known.borrow_mut().tasks.take(id, bytes)
+    }
+
+    /// Keep `task`, just written as `bytes`, decoded for the writes that read it back.
+    pub(super) fn keep_task(&self, bytes: Bytes, task: &TaskRecord) {
+        self.known.borrow_mut().tasks.keep(bytes, task);
     }
 
     /// Counter `name`'s value, if known.
