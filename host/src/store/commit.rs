@@ -203,6 +203,10 @@ struct Progress {
     /// Handles on the files the log went on to, oldest first, for the fsync thread: it
     /// fsyncs the file it holds before it takes the next.
     swaps: Vec<SyncHandle>,
+    /// The writer thread waits for work, and no one has woken it yet.
+    writer_waits: bool,
+    /// The log's fsync thread waits for a frame to sync, and no one has woken it yet.
+    syncer_waits: bool,
 }
 
 /// The progress, and who waits on it: the writer thread (`work`), callers of `durable`
@@ -332,7 +336,7 @@ impl Syncer {
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        {
+        let wake = {
             let mut p = lock(&self.state.progress);
             if p.stop {
                 return Queued(Err(closed()));
@@ -343,8 +347,13 @@ impl Syncer {
                 out: None,
                 reply,
             }));
+            // Woken once, not at every write: a writer at work finds the queue when it
+            // next looks, and each wake is a system call.
+            std::mem::replace(&mut p.writer_waits, false)
+        };
+        if wake {
+            self.state.work.notify_one();
         }
-        self.state.work.notify_one();
         Queued(Ok(answer))
     }
 
@@ -494,6 +503,7 @@ impl Writer {
                 let mut p = lock(&state.progress);
                 let mut quiet = false;
                 while p.queue.is_empty() && !p.stop && !quiet {
+                    p.writer_waits = true;
                     if self.wal.is_empty() && !self.unrecorded && self.folding.is_none() {
                         p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
                     } else {
@@ -504,6 +514,7 @@ impl Writer {
                         p = q;
                         quiet = waited.timed_out();
                     }
+                    p.writer_waits = false;
                 }
                 if p.queue.is_empty() {
                     if p.stop {
@@ -607,6 +618,11 @@ impl Writer {
         let logged = self.wal.append(lsn, &log.into_inner());
         let mut p = lock(&self.state.progress);
         p.appended = lsn;
+        // The fsync thread is woken for an acknowledged write the log took, if it waits:
+        // one at work looks again when it is done. (Whoever clears `syncer_waits` must
+        // wake it.)
+        let wake =
+            logged.is_ok() && acknowledged > 0 && std::mem::replace(&mut p.syncer_waits, false);
         if acknowledged > 0 {
             p.committed = lsn;
             p.acknowledged += acknowledged;
@@ -615,7 +631,8 @@ impl Writer {
         // The transaction has committed whatever happens now: its writes must not be
         // redone, so this returns `Ok` either way.
         match logged {
-            Ok(()) => self.state.sync.notify_one(),
+            Ok(()) if wake => self.state.sync.notify_one(),
+            Ok(()) => {}
             Err(e) => {
                 // The log lacks this frame, and later frames would be redone without it:
                 // make redb durable at once instead. If that fails too, the log is
@@ -850,7 +867,9 @@ fn sync_log(mut log: SyncHandle, state: &State) {
                 if p.committed > p.attempted && !p.broken {
                     break (p.appended, std::mem::take(&mut p.swaps));
                 }
+                p.syncer_waits = true;
                 p = state.sync.wait(p).unwrap_or_else(|e| e.into_inner());
+                p.syncer_waits = false;
             }
         };
         // Each file the log left holds frames before those of the next.
