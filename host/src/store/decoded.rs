@@ -31,13 +31,13 @@ pub(super) struct Decoded {
 impl Decoded {
     /// The record of task `id`, if it was kept when `bytes` were written. It is taken
     /// out: whoever reads a task in the writer almost always writes it again, and that
-    /// keeps the new record.
+    /// keeps the new record. One kept for other bytes goes too: the row never holds
+    /// those again (a failed transaction, which could take a row back, drops all this).
     pub(super) fn take(&mut self, id: &str, bytes: &Bytes) -> Option<TaskRecord> {
-        let (kept, _) = self.tasks.get(id)?;
-        if !Arc::ptr_eq(kept, bytes) {
-            return None;
+        match self.tasks.remove(id)? {
+            (kept, task) if Arc::ptr_eq(&kept, bytes) => Some(task),
+            _ => None,
         }
-        self.tasks.remove(id).map(|(_, task)| task)
     }
 
     /// Keep `task`, just written as `bytes`. A task that will change no more is not
