@@ -43,4 +43,5 @@ mod redteam_vault;
 mod restart;
 mod routing;
 mod store_backend;
+mod task_records;
 mod vault_missing;

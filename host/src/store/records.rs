@@ -99,7 +99,10 @@ pub struct Param {
     pub value: ParamValue,
 }
 
-/// A task, as stored.
+/// A task, as stored. Fields at their defaults (none, empty, zero, false) are left out of
+/// the stored JSON and read back as those defaults: a task is written three times per
+/// handoff (hand-off, claim, end) and read back as often, and its defaults were a third
+/// of its bytes. Records stored before that, with every field, read the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// `t-<n>`.
@@ -107,6 +110,7 @@ pub struct TaskRecord {
     /// The first task of the chain this one belongs to.
     pub root: String,
     /// The task whose activation handed this off (none for operator work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// Work or reply.
     pub kind: Kind,
@@ -117,66 +121,77 @@ pub struct TaskRecord {
     /// The caller's summary.
     pub summary: String,
     /// Steps the caller finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed: Vec<String>,
     /// Subtasks for the callee.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outstanding: Vec<String>,
     /// Typed parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<Param>,
     /// How the data travelled.
     pub pattern: Pattern,
     /// The blackboard key holding the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
     /// Inline data (push).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "payload")]
     pub payload: Option<Vec<u8>>,
     /// Unix ms by which the outcome is due.
     pub deadline: u64,
     /// Whether the caller wants the outcome back.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub reply: bool,
     /// For a reply: the task whose outcome it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<String>,
     /// The handoff that created it.
     pub handoff: String,
     /// Where it is in its life.
     pub status: Status,
     /// The agent that ran it: `to`, or the worker that claimed a `capability:` task.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     /// The `route:<name>` that chose `to`, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     /// Handoffs between the chain's first task and this one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub hops: u32,
     /// sha256 of target, summary and data: the same work handed round again is a cycle.
     #[serde(default)]
     pub fingerprint: String,
     /// What to do if it fails.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Fallback::is_none")]
     pub fallback: Fallback,
     /// Deliveries so far.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// The time each delivery has, in ms (a pull task's lease).
     #[serde(default)]
     pub budget_ms: u64,
     /// Not to be delivered before this Unix ms (retry backoff).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub not_before: u64,
     /// What the host did when it failed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_applied: Option<FallbackApplied>,
     /// Workers a pull task trapped or timed out on; redelivery prefers others.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_on: Vec<String>,
     /// Unix ms.
     pub created_at: u64,
     /// Unix ms, once final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
     /// Where the outcome is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_key: Option<String>,
     /// The agent's summary of its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_summary: Option<String>,
     /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -249,6 +264,11 @@ pub enum Fallback {
 }
 
 impl Fallback {
+    /// Whether this is [`Fallback::None`], the default.
+    pub fn is_none(&self) -> bool {
+        *self == Fallback::None
+    }
+
     /// The action's name, as printed.
     pub fn name(&self) -> &'static str {
         match self {
@@ -320,4 +340,175 @@ pub struct Escalation {
     pub resolved_at: Option<u64>,
     /// The operator's note.
     pub note: Option<String>,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// A push payload in a stored task: as a JSON string when it is UTF-8 (push payloads are
+/// JSON, so nearly always), else as an array of bytes, as every payload was stored
+/// before. Either reads back as the same bytes.
+mod payload {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(payload: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match payload.as_deref().map(std::str::from_utf8) {
+            Some(Ok(text)) => s.serialize_str(text),
+            Some(Err(_)) => s.collect_seq(payload.iter().flatten()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(Maybe)
+    }
+
+    struct Maybe;
+
+    impl<'de> Visitor<'de> for Maybe {
+        type Value = Option<Vec<u8>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a payload: null, a string or an array of bytes")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Bytes).map(Some)
+        }
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or an array of bytes")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(text.as_bytes().to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(b) = seq.next_element::<u8>()? {
+                bytes.push(b);
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(payload: Option<Vec<u8>>) -> TaskRecord {
+        TaskRecord {
+            id: "t-1".into(),
+            root: "t-1".into(),
+            parent: None,
+            kind: Kind::Work,
+            from: "operator".into(),
+            to: "echo".into(),
+            summary: "s".into(),
+            completed: Vec::new(),
+            outstanding: Vec::new(),
+            params: Vec::new(),
+            pattern: Pattern::Push,
+            pointer: None,
+            payload,
+            deadline: 9,
+            reply: false,
+            in_reply_to: None,
+            handoff: "h-1".into(),
+            status: Status::Pending,
+            agent: None,
+            route: None,
+            hops: 0,
+            fingerprint: String::new(),
+            fallback: Fallback::None,
+            attempts: 0,
+            budget_ms: 0,
+            not_before: 0,
+            fallback_applied: None,
+            failed_on: Vec::new(),
+            created_at: 0,
+            finished_at: None,
+            outcome_key: None,
+            outcome_summary: None,
+            error: None,
+        }
+    }
+
+    fn round_trip(t: &TaskRecord) -> (serde_json::Value, TaskRecord) {
+        let json = serde_json::to_string(t).unwrap();
+        (
+            serde_json::from_str(&json).unwrap(),
+            serde_json::from_str(&json).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_stored_as_bytes_and_reads_back() {
+        let t = task(Some(vec![0xff, 0x00, b'a']));
+        let (json, back) = round_trip(&t);
+        assert_eq!(json["payload"], serde_json::json!([255, 0, 97]));
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn fields_away_from_their_defaults_are_all_stored() {
+        let mut t = task(Some(b"{}".to_vec()));
+        t.parent = Some("t-0".into());
+        t.completed = vec!["c".into()];
+        t.outstanding = vec!["o".into()];
+        t.params = vec![Param {
+            name: "n".into(),
+            value: ParamValue::Integer(3),
+        }];
+        t.pointer = Some("k".into());
+        t.reply = true;
+        t.in_reply_to = Some("t-0".into());
+        t.agent = Some("echo".into());
+        t.route = Some("route:r".into());
+        t.hops = 2;
+        t.fallback = Fallback::Escalate;
+        t.attempts = 3;
+        t.budget_ms = 4;
+        t.not_before = 5;
+        t.fallback_applied = Some(FallbackApplied {
+            reason: FailureKind::Trap,
+            action: "escalate".into(),
+            next_task: None,
+        });
+        t.failed_on = vec!["w".into()];
+        t.finished_at = Some(6);
+        t.outcome_key = Some("out".into());
+        t.outcome_summary = Some("sum".into());
+        t.error = Some("e".into());
+        let (json, back) = round_trip(&t);
+        assert_eq!(back, t);
+        // Every field is in the JSON.
+        assert_eq!(json.as_object().unwrap().len(), 33, "{json}");
+
+        // And an empty payload is not mistaken for none.
+        let (_, back) = round_trip(&task(Some(Vec::new())));
+        assert_eq!(back.payload, Some(Vec::new()));
+    }
 }
