@@ -219,11 +219,13 @@ fn save<K: Key + 'static, V: Value + 'static>(
     def: TableDefinition<'static, K, V>,
     rows: &HashMap<Vec<u8>, Bytes>,
 ) -> Result<(), StoreError> {
-    super::dispatch::save(
-        txn,
-        def,
-        rows.iter().map(|(k, v)| (k.as_slice(), Some(&v[..]))),
-    )
+    // In the table's key order, not the map's: each B-tree leaf is then reached once, in
+    // turn, instead of at random. That took about a tenth off the checkpoint thread's
+    // CPU per blackboard handoff (README, "Benchmarks").
+    let mut sorted: Vec<(&[u8], &[u8])> =
+        rows.iter().map(|(k, v)| (k.as_slice(), &v[..])).collect();
+    sorted.sort_unstable_by(|a, b| K::compare(a.0, b.0));
+    super::dispatch::save(txn, def, sorted.into_iter().map(|(k, v)| (k, Some(v))))
 }
 
 /// A transaction's rows for these tables, held back until it commits.
