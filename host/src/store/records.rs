@@ -448,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_of_another_type_is_refused_saying_what_it_should_be() {
+        let mut json = serde_json::to_value(task(None)).unwrap();
+        json["payload"] = serde_json::json!(5);
+        let e = serde_json::from_value::<TaskRecord>(json).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected a string or an array of bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn fields_away_from_their_defaults_are_all_stored() {
         let mut t = task(Some(b"{}".to_vec()));
         t.parent = Some("t-0".into());
