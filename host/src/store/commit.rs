@@ -55,7 +55,7 @@ use tokio::sync::watch;
 
 use super::dispatch::{self, Shared, Unsaved};
 use super::recent::{self, Recent, Tables};
-use super::wal::{Known, LSN_COUNTER, SyncHandle, Tx, Wal};
+use super::wal::{self, Known, LSN_COUNTER, SyncHandle, Tx, Wal};
 use super::{StoreError, WriteFuture};
 
 /// Log bytes after which the writer makes redb durable and starts the log over: a bound
@@ -291,6 +291,7 @@ impl Syncer {
             folding: None,
             folds,
             folded,
+            frame: Vec::new(),
         };
         let policy = group.clone();
         let thread = std::thread::Builder::new()
@@ -482,6 +483,9 @@ struct Writer {
     /// Where checkpoints go to their thread, and how they ended comes back.
     folds: mpsc::Sender<Fold>,
     folded: mpsc::Receiver<Outcome>,
+    /// The bytes of the frame being built, kept from one transaction to the next so that
+    /// logging allocates only when a batch logs more than any before it.
+    frame: Vec<u8>,
 }
 
 impl Writer {
@@ -589,7 +593,9 @@ impl Writer {
     /// any failure (a panic included) nothing is committed.
     fn together(&mut self, writes: &mut [Box<dyn Write>]) -> Result<(), StoreError> {
         let lsn = self.next;
-        let log = RefCell::new(Vec::new());
+        let mut frame = std::mem::take(&mut self.frame);
+        wal::start_frame(&mut frame);
+        let log = RefCell::new(frame);
         let txn = OnceCell::new();
         // Taken, not copied: if anything below fails, the next transaction reads what it
         // needs from the tables again.
@@ -615,7 +621,9 @@ impl Writer {
             .iter()
             .filter(|w| w.ack() == Ack::Acknowledged)
             .count() as u64;
-        let logged = self.wal.append(lsn, &log.into_inner());
+        let mut frame = log.into_inner();
+        let logged = self.wal.append(lsn, &mut frame);
+        self.frame = frame;
         let mut p = lock(&self.state.progress);
         p.appended = lsn;
         // The fsync thread is woken for an acknowledged write the log took, if it waits:

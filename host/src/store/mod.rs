@@ -711,8 +711,15 @@ fn put_json<T: Serialize>(
 
 /// Save `task` (see `decoded`: the writer keeps it decoded for the next write that reads
 /// it back).
+/// Room made for a task record's JSON before it is written.
+const TASK_BYTES: usize = 640;
+
 fn put_task(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
-    let json = serde_json::to_string(task).expect("records serialize");
+    // Sized for a typical record (about 500 bytes), not grown to it from serde_json's
+    // 128: records are written three times a handoff, each time on the writer thread.
+    let mut json = Vec::with_capacity(TASK_BYTES);
+    serde_json::to_writer(&mut json, task).expect("records serialize");
+    let json = String::from_utf8(json).expect("serde_json writes UTF-8");
     if let Some(bytes) = txn.put_kept(TASKS, task.id.as_str(), json.as_str())? {
         txn.keep_task(bytes, task);
     }
