@@ -746,7 +746,9 @@ impl Host {
                     *running.entry(agent.clone()).or_default() += 1;
                     let host = self.clone();
                     set.spawn(async move {
-                        let result = host.activate(task).await;
+                        // Boxed: an activation's future is large, and unboxed the
+                        // runtime copied all of it at each move into and out of its task.
+                        let result = Box::pin(host.activate(task)).await;
                         (agent, result)
                     });
                 }

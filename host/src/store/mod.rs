@@ -709,10 +709,11 @@ fn put_json<T: Serialize>(
     txn.put(table, id, json.as_str())
 }
 
-/// Save `task` (see `decoded`: the writer keeps it decoded for the next write that reads
-/// it back).
 /// Room made for a task record's JSON before it is written.
 const TASK_BYTES: usize = 640;
+
+/// Save `task` (see `decoded`: the writer keeps it decoded for the next write that reads
+/// it back).
 
 fn put_task(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     // Sized for a typical record (about 500 bytes), not grown to it from serde_json's
