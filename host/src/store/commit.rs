@@ -1655,13 +1655,14 @@ mod tests {
     }
 
     /// A reader that began reading redb before a checkpoint moved a row from memory to
-    /// redb still finds the row: it reads it in a transaction begun after.
+    /// redb still finds the row: it reads it in a transaction begun after, not in the
+    /// table it had opened in the old one.
     #[test]
     fn a_reader_finds_a_row_a_checkpoint_moved_to_redb_meanwhile() {
         let (_dir, store) = group_store();
         let task = acknowledged(&store, 0);
         let mut reader = store.reader();
-        reader.txn().unwrap();
+        reader.table(crate::store::TASKS).unwrap();
         // The checkpoint's commit, made here while the writer thread waits for work.
         let last = super::lock(&store.syncer.state.progress).appended;
         super::flush(&store.db, &store.queues, &store.recent, last).unwrap();

@@ -444,8 +444,7 @@ impl Store {
             .collect();
         let mut reader = self.reader();
         for row in reader
-            .txn()?
-            .open_table(CHAIN)?
+            .table(CHAIN)?
             .range((root, 0)..=(root, u64::MAX))?
         {
             let (k, v) = row?;
@@ -492,6 +491,11 @@ struct Reader<'s> {
     db: &'s Database,
     recent: &'s recent::Recent,
     txn: Option<(u64, redb::ReadTransaction)>,
+    /// The tables [`Reader::get`] opened in `txn`, by name, each a `ReadOnlyTable` of
+    /// its own key and value types: the writer reads the same table (a blackboard key's
+    /// newest version) for many writes of a batch, and opening it cost more than the
+    /// read through it.
+    tables: Vec<(String, Box<dyn std::any::Any>)>,
 }
 
 impl<'s> Reader<'s> {
@@ -501,21 +505,42 @@ impl<'s> Reader<'s> {
             db,
             recent,
             txn: None,
+            tables: Vec::new(),
         }
     }
 
-    /// The read transaction, begun if need be.
-    fn txn(&mut self) -> Result<&redb::ReadTransaction, StoreError> {
+    /// Table `def` of redb's state, in the read transaction (begun if need be).
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        def: TableDefinition<'static, K, V>,
+    ) -> Result<&redb::ReadOnlyTable<K, V>, StoreError> {
         let generation = self.recent.generation();
-        self.txn_at(generation)
+        self.table_at(def, generation)
     }
 
-    fn txn_at(&mut self, generation: u64) -> Result<&redb::ReadTransaction, StoreError> {
-        let txn = match self.txn.take() {
-            Some((g, txn)) if g == generation => txn,
-            _ => self.db.begin_read()?,
+    fn table_at<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        def: TableDefinition<'static, K, V>,
+        generation: u64,
+    ) -> Result<&redb::ReadOnlyTable<K, V>, StoreError> {
+        let txn = begun(self.db, &mut self.txn, &mut self.tables, generation)?;
+        let at = match self.tables.iter().position(|(name, _)| name == def.name()) {
+            Some(at) => at,
+            None => {
+                let table = txn.open_table(def)?;
+                self.tables.push((def.name().to_string(), Box::new(table)));
+                self.tables.len() - 1
+            }
         };
-        Ok(&self.txn.insert((generation, txn)).1)
+        self.tables[at]
+            .1
+            .downcast_ref::<redb::ReadOnlyTable<K, V>>()
+            .ok_or_else(|| {
+                StoreError::Corrupt(
+                    def.name().to_string(),
+                    "opened before with other key or value types".into(),
+                )
+            })
     }
 
     /// The bytes of the value at `key` of `def`.
@@ -528,7 +553,7 @@ impl<'s> Reader<'s> {
         if kept.is_some() {
             return Ok(kept);
         }
-        let table = self.txn_at(generation)?.open_table(def)?;
+        let table = self.table_at(def, generation)?;
         let value = table.get(key)?;
         Ok(value.map(|v| recent::Bytes::from(V::as_bytes(&v.value()).as_ref())))
     }
@@ -567,6 +592,24 @@ impl<'s> Reader<'s> {
         let value = self.get(BB_VALUES, &(key, version))?;
         entry(key, version, meta.as_deref(), value.as_deref())
     }
+}
+
+/// The read transaction in `slot` if it was begun at `generation` of the rows kept in
+/// memory, else a new one, without the `tables` opened in the old.
+fn begun<'t>(
+    db: &Database,
+    slot: &'t mut Option<(u64, redb::ReadTransaction)>,
+    tables: &mut Vec<(String, Box<dyn std::any::Any>)>,
+    generation: u64,
+) -> Result<&'t redb::ReadTransaction, StoreError> {
+    let txn = match slot.take() {
+        Some((g, txn)) if g == generation => txn,
+        _ => {
+            tables.clear();
+            db.begin_read()?
+        }
+    };
+    Ok(&slot.insert((generation, txn)).1)
 }
 
 /// Open the write-ahead log in `dir` and redo, in one durable commit, the frames in it

@@ -307,8 +307,8 @@ impl<'a> Tx<'a> {
         };
         if self.txn.get().is_none() {
             let mut reader = self.reader.borrow_mut();
-            let table = reader.txn()?.open_table(def)?;
-            return rows(redb::ReadableTable::range(&table, range)?);
+            let table = reader.table(def)?;
+            return rows(redb::ReadableTable::range(table, range)?);
         }
         let table = self.open_table(def)?;
         rows(redb::ReadableTable::range(&*table.inner, range)?)
@@ -341,8 +341,8 @@ impl<'a> Tx<'a> {
         };
         if self.txn.get().is_none() {
             let mut reader = self.reader.borrow_mut();
-            let table = reader.txn()?.open_table(def)?;
-            return Ok(row(redb::ReadableTable::last(&table)?));
+            let table = reader.table(def)?;
+            return Ok(row(redb::ReadableTable::last(table)?));
         }
         let table = self.open_table(def)?;
         Ok(row(redb::ReadableTable::last(&*table.inner)?))
