@@ -4,13 +4,11 @@
 //! records was the largest single item of the writer thread's time.
 //!
 //! An entry is used only while the row still holds the very bytes it was made from. It
-//! holds on to them (the row's `Arc`), so their allocation cannot be reused for other
+//! holds on to them (the row's shared bytes), so their memory cannot be reused for other
 //! bytes; a row written any other way, read back from redb after a checkpoint, or taken
 //! back with a transaction that failed, has other bytes, and its entry is not used.
 //! The writer carries this from one transaction to the next with what else it knows
 //! (see `wal::Known`), and a transaction that fails drops it whole.
-
-use std::sync::Arc;
 
 use foldhash::HashMap;
 
@@ -35,7 +33,7 @@ impl Decoded {
     /// those again (a failed transaction, which could take a row back, drops all this).
     pub(super) fn take(&mut self, id: &str, bytes: &Bytes) -> Option<TaskRecord> {
         match self.tasks.remove(id)? {
-            (kept, task) if Arc::ptr_eq(&kept, bytes) => Some(task),
+            (kept, task) if same(&kept, bytes) => Some(task),
             _ => None,
         }
     }
@@ -53,4 +51,11 @@ impl Decoded {
         }
         self.tasks.insert(task.id.clone(), (bytes, task.clone()));
     }
+}
+
+/// Whether `a` and `b` are the very same bytes in memory, not equal bytes: while `a` is
+/// held, no other row's bytes can be where it is. (No record is empty; empty bytes are
+/// never the same, as they need not be anywhere.)
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    !a.is_empty() && a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }

@@ -443,10 +443,7 @@ impl Store {
             })
             .collect();
         let mut reader = self.reader();
-        for row in reader
-            .table(CHAIN)?
-            .range((root, 0)..=(root, u64::MAX))?
-        {
+        for row in reader.table(CHAIN)?.range((root, 0)..=(root, u64::MAX))? {
             let (k, v) = row?;
             rows.insert(k.value().1, v.value().to_string());
         }
@@ -555,7 +552,7 @@ impl<'s> Reader<'s> {
         }
         let table = self.table_at(def, generation)?;
         let value = table.get(key)?;
-        Ok(value.map(|v| recent::Bytes::from(V::as_bytes(&v.value()).as_ref())))
+        Ok(value.map(|v| recent::Bytes::copy_from_slice(V::as_bytes(&v.value()).as_ref())))
     }
 
     /// The record `id` of `table`, decoded.

@@ -204,7 +204,8 @@ impl<'a> Tx<'a> {
             return self.open_table(def)?.insert(key, value).map(|()| None);
         };
         let (key, value) = (key.borrow(), value.borrow());
-        let bytes = K::as_bytes(key).as_ref().to_vec();
+        let bytes = K::as_bytes(key);
+        let bytes = bytes.as_ref();
         match self.log {
             Some(log) => {
                 let value = V::as_bytes(value);
@@ -212,21 +213,24 @@ impl<'a> Tx<'a> {
                     &mut log.borrow_mut(),
                     INSERT,
                     def.name(),
-                    &bytes,
+                    bytes,
                     Some(value.as_ref()),
                 );
             }
             None => {
                 self.open_table(def)?.insert(key, value)?;
                 // Kept only if a checkpoint failed to save it: the newer row replaces it.
-                if self.recent.get(def.name(), &bytes).0.is_none() {
+                if self.recent.get(def.name(), bytes).0.is_none() {
                     return Ok(None);
                 }
             }
         }
-        let value = Bytes::from(V::as_bytes(value).as_ref());
-        self.staged.borrow_mut().put(slot, bytes, value.clone());
-        Ok(Some(value))
+        let value = V::as_bytes(value);
+        Ok(Some(self.staged.borrow_mut().put(
+            slot,
+            bytes,
+            value.as_ref(),
+        )))
     }
 
     /// Remove `key` from `def`, if it is there. A row of the dispatch state is removed in
@@ -274,7 +278,7 @@ impl<'a> Tx<'a> {
         }
         let table = self.open_table(def)?;
         let value = redb::ReadableTable::get(&*table.inner, key.borrow())?;
-        Ok(value.map(|v| Bytes::from(V::as_bytes(&v.value()).as_ref())))
+        Ok(value.map(|v| Bytes::copy_from_slice(V::as_bytes(&v.value()).as_ref())))
     }
 
     /// The rows of `def` whose keys are in `range`, in key order, as bytes, as this
@@ -301,7 +305,10 @@ impl<'a> Tx<'a> {
                 .map(|row| {
                     let (k, v) = row?;
                     let key = K::as_bytes(&k.value()).as_ref().to_vec();
-                    Ok((key, Bytes::from(V::as_bytes(&v.value()).as_ref())))
+                    Ok((
+                        key,
+                        Bytes::copy_from_slice(V::as_bytes(&v.value()).as_ref()),
+                    ))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
         };
@@ -337,7 +344,7 @@ impl<'a> Tx<'a> {
             }
         }
         let row = |last: Option<(redb::AccessGuard<u64>, redb::AccessGuard<&str>)>| {
-            last.map(|(k, v)| (k.value(), Bytes::from(v.value().as_bytes())))
+            last.map(|(k, v)| (k.value(), Bytes::copy_from_slice(v.value().as_bytes())))
         };
         if self.txn.get().is_none() {
             let mut reader = self.reader.borrow_mut();
