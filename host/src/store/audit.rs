@@ -122,7 +122,8 @@ pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> 
         prev: head.hash,
         hash: String::new(),
     };
-    let mut json = serde_json::to_string(&record).expect("audit records serialize");
+    // With room for the hash put in below.
+    let mut json = super::json_in(&record, 512);
     record.hash = chain_hash(&record.prev, json.as_bytes());
     // The record as stored is the body hashed with `hash` filled in: it is the last
     // field, so its empty string closes the body, and the hash goes in between its

@@ -749,18 +749,19 @@ fn put_json<T: Serialize>(
     txn.put(table, id, json.as_str())
 }
 
-/// Room made for a task record's JSON before it is written.
-const TASK_BYTES: usize = 640;
+/// `value` as JSON, written into room made for `room` bytes: serde_json's own starts at
+/// 128 and grows by doubling, and the writer thread serializes records of some 500
+/// bytes (tasks, three times a handoff) and 300 (audit records).
+fn json_in(value: &impl Serialize, room: usize) -> String {
+    let mut json = Vec::with_capacity(room);
+    serde_json::to_writer(&mut json, value).expect("records serialize");
+    String::from_utf8(json).expect("serde_json writes UTF-8")
+}
 
 /// Save `task` (see `decoded`: the writer keeps it decoded for the next write that reads
 /// it back).
-
 fn put_task(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
-    // Sized for a typical record (about 500 bytes), not grown to it from serde_json's
-    // 128: records are written three times a handoff, each time on the writer thread.
-    let mut json = Vec::with_capacity(TASK_BYTES);
-    serde_json::to_writer(&mut json, task).expect("records serialize");
-    let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+    let json = json_in(task, 640);
     if let Some(bytes) = txn.put_kept(TASKS, task.id.as_str(), json.as_str())? {
         txn.keep_task(bytes, task);
     }
