@@ -488,10 +488,9 @@ struct Reader<'s> {
     db: &'s Database,
     recent: &'s recent::Recent,
     txn: Option<(u64, redb::ReadTransaction)>,
-    /// The tables [`Reader::get`] opened in `txn`, by name, each a `ReadOnlyTable` of
-    /// its own key and value types: the writer reads the same table (a blackboard key's
-    /// newest version) for many writes of a batch, and opening it cost more than the
-    /// read through it.
+    /// The tables opened in `txn`, by name, each a `ReadOnlyTable` of its own key and
+    /// value types: the writer reads the same table (a blackboard key's newest version)
+    /// for many writes of a batch, and opening it cost more than the read through it.
     tables: Vec<(String, Box<dyn std::any::Any>)>,
 }
 

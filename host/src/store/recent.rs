@@ -51,10 +51,13 @@ const KEPT: usize = 9;
 /// several times (staged, kept, frozen), and SipHash was a tenth of its time.
 pub(super) type Tables = [HashMap<Bytes, Bytes>; KEPT];
 
+/// The place of the tasks table among the tables kept here.
+const TASKS_SLOT: usize = 0;
+
 /// The place of the table called `name` among the tables kept here, if it is one.
 pub(super) fn slot(name: &str) -> Option<usize> {
     let names: [&str; KEPT] = [
-        TASKS.name(),
+        TASKS.name(), // TASKS_SLOT
         HANDOFFS.name(),
         GRANTS.name(),
         BB_VALUES.name(),
@@ -243,8 +246,10 @@ pub(super) struct Staged {
     /// Room for the bytes of rows to come. Each row's key and value are copied into one
     /// shared allocation after another, instead of two of their own, which every
     /// checkpoint freed one by one on its thread (a tenth of its time); a chunk goes once
-    /// the last row in it has. A row written over stays in memory until its chunk goes,
-    /// which is at most a checkpoint's worth of log later.
+    /// the last row in it has, so a row written over stays in memory until every row
+    /// of its chunk has gone to redb, at most two checkpoints later. The value of a
+    /// task's row is copied alone: `decoded` holds on to it for as long as the task
+    /// waits, which in a chunk would keep the whole chunk.
     chunk: BytesMut,
 }
 
@@ -269,7 +274,12 @@ impl Staged {
     /// Note that the transaction set `key` of table `slot` to `value`; the row's bytes
     /// as kept.
     pub(super) fn put(&mut self, slot: usize, key: &[u8], value: &[u8]) -> Bytes {
-        let (key, value) = (self.copy(key), self.copy(value));
+        let key = self.copy(key);
+        let value = if slot == TASKS_SLOT {
+            Bytes::copy_from_slice(value)
+        } else {
+            self.copy(value)
+        };
         if let Some(table) = self.tables.get_mut(slot) {
             table.insert(key, value.clone());
         }
@@ -292,33 +302,39 @@ impl Staged {
 mod tests {
     use super::*;
 
+    /// Task rows, whose values are kept out of chunks, are where [`TASKS_SLOT`] says.
+    #[test]
+    fn the_tasks_slot_is_the_tasks_table() {
+        assert_eq!(slot(TASKS.name()), Some(TASKS_SLOT));
+    }
+
     /// Rows copied into shared chunks read back as written, across chunk boundaries and
     /// for a row too large for a chunk, once published and while a later transaction
     /// reuses the staged maps and their chunk.
     #[test]
     fn rows_copied_into_chunks_read_back_as_written() {
         let recent = Recent::default();
-        let tasks = slot(TASKS.name()).unwrap();
+        let values = slot(BB_VALUES.name()).unwrap();
         let row = |i: usize| -> (Vec<u8>, Vec<u8>) {
             let len = if i == 7 { CHUNK } else { 100 + i % 900 };
-            (format!("t-{i}").into_bytes(), vec![(i % 251) as u8; len])
+            (format!("key-{i}").into_bytes(), vec![(i % 251) as u8; len])
         };
         let mut staged = Staged::default();
         for batch in 0..4 {
             for i in batch * 100..(batch + 1) * 100 {
                 let (key, value) = row(i);
-                assert_eq!(&staged.put(tasks, &key, &value)[..], value);
+                assert_eq!(&staged.put(values, &key, &value)[..], value);
             }
             recent.publish(&mut staged);
             assert!(staged.is_empty());
         }
         for i in 0..400 {
             let (key, value) = row(i);
-            let kept = recent.get(TASKS.name(), &key).0.expect("row kept");
+            let kept = recent.get(BB_VALUES.name(), &key).0.expect("row kept");
             assert_eq!(&kept[..], value, "row {i}");
         }
         let mut keys: Vec<Vec<u8>> = recent
-            .rows(TASKS.name(), |_| true)
+            .rows(BB_VALUES.name(), |_| true)
             .into_iter()
             .map(|(k, _)| k)
             .collect();
