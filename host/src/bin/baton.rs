@@ -1,9 +1,10 @@
 //! The `baton` binary: all of it lives in [`baton::cli`], but for the choice of allocator.
 
 /// jemalloc instead of the system's malloc. A handoff makes and frees hundreds of small
-/// buffers across threads (records, rows, frames, futures); glibc's malloc spent about a
-/// tenth of the host's CPU on them, jemalloc's per-thread caches much less (README,
-/// Benchmarks). The library leaves the choice to whoever links it.
+/// buffers across threads (records, rows, frames, futures); glibc's malloc spent over a
+/// tenth of the host's CPU on them, and jemalloc's per-thread caches made a handoff a
+/// tenth to a fifth cheaper (README, Benchmarks). The library leaves the choice of
+/// allocator to whoever links it.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
