@@ -4,8 +4,9 @@
 /// buffers across threads (records, rows, frames, futures); glibc's malloc spent over a
 /// tenth of the host's CPU on them, and jemalloc's per-thread caches made a handoff a
 /// tenth to a fifth cheaper (README, Benchmarks). The library leaves the choice of
-/// allocator to whoever links it.
-#[cfg(not(target_env = "msvc"))]
+/// allocator to whoever links it, and builds jemalloc only with its `jemalloc` feature
+/// (on by default, for this binary).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
