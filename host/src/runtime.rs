@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store as WasmStore, Trap, WasmBacktrace};
@@ -32,10 +33,10 @@ use crate::mesh::{AgentPolicy, Audits, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::meter::{Meter, Ticker};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
-use crate::roster::Roster;
+use crate::roster::{Claims, Roster, Slots};
 use crate::store::{
-    Backend, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param, Pattern,
-    Pick, Refusal, Status, Store, StoreError, TaskRecord, WriteFuture, now_ms,
+    Backend, Claimant, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param,
+    Pattern, Refusal, Status, Store, StoreError, TaskRecord, WriteFuture, now_ms,
 };
 use crate::vault::Vault;
 
@@ -715,6 +716,7 @@ impl Host {
 
     async fn run(&self, stop: Option<impl Future<Output = ()>>) -> Result<usize, StoreError> {
         let shared = &self.inner.shared;
+        let store = &shared.store;
         let serving = stop.is_some();
         let stop = async {
             match stop {
@@ -724,70 +726,105 @@ impl Host {
         };
         tokio::pin!(stop);
         let mut stopped = false;
-        let mut running: HashMap<String, u32> = HashMap::new();
-        let mut set: JoinSet<(String, Result<TaskRecord, StoreError>)> = JoinSet::new();
+        let slots = Arc::new(Slots::new(self.inner.roster.clone(), self.workers));
+        // Tasks are claimed for this loop in the commits that make them ready (see
+        // `store::Claimant`), and come down `tasks`; `claims` is `None` once it stopped
+        // claiming.
+        let (mut claims, mut tasks) = self.open_claims(&slots);
+        // The loop's own claim under way, if it asked for one; and whether the last one
+        // claimed nothing, so that it asks again only once something happened (a backend
+        // that cannot tell what is claimable says everything is).
+        let mut asked: Option<WriteFuture<usize>> = None;
+        let mut fruitless = false;
+        let mut set: JoinSet<Result<TaskRecord, StoreError>> = JoinSet::new();
+        let spawn = |set: &mut JoinSet<_>, task: TaskRecord| {
+            let (host, slots) = (self.clone(), slots.clone());
+            // Boxed: an activation's future is large, and unboxed the runtime copied all
+            // of it at each move into and out of its task.
+            set.spawn(async move { Box::pin(host.activate_in(task, Some(&slots))).await });
+        };
         let mut ran = 0;
         loop {
-            if !stopped && set.len() < self.workers {
-                let pick: Pick = {
-                    let (roster, running) = (self.inner.roster.clone(), running.clone());
-                    Arc::new(move |t, avoid, picked| roster.pick(t, avoid, &running, picked))
-                };
-                let free = self.workers - set.len();
-                // Most looks find nothing new (every activation's end wakes this loop);
-                // a read says so without queueing an empty claim on the writer thread.
-                let claimed = if shared.store.claimable(&*pick)? {
-                    shared.store.claim_ready(free, pick).await?
-                } else {
-                    Vec::new()
-                };
-                for task in claimed {
-                    let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
-                    *running.entry(agent.clone()).or_default() += 1;
-                    let host = self.clone();
-                    set.spawn(async move {
-                        // Boxed: an activation's future is large, and unboxed the
-                        // runtime copied all of it at each move into and out of its task.
-                        let result = Box::pin(host.activate(task)).await;
-                        (agent, result)
-                    });
-                }
+            while let Ok(task) = tasks.try_recv() {
+                spawn(&mut set, task);
             }
-            if set.is_empty() {
-                if stopped {
+            // A slot freed by an activation's end, or a backoff that ended, is filled by
+            // a claim of the loop's own. Most looks find nothing (every activation's end
+            // wakes this loop); a read says so without a write.
+            if let Some(c) = &claims.0
+                && asked.is_none()
+                && !fruitless
+                && slots.free() > 0
+                && let running = slots.running()
+                && store.claimable(&|t, avoid, picked| {
+                    slots.roster().pick(t, avoid, &running, picked)
+                })?
+            {
+                asked = Some(store.claim_for(c.clone()));
+            }
+            if set.is_empty() && asked.is_none() && (stopped || !serving) {
+                if !stopped && store.has_delayed()? {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                // Idle, or stopped with nothing running: claim no more, and run what
+                // claims under way still hand over.
+                claims.stop();
+                let mut late = Vec::new();
+                while let Some(task) = tasks.recv().await {
+                    late.push(task);
+                }
+                if late.is_empty() {
                     return Ok(ran);
                 }
-                if !serving {
-                    if shared.store.has_delayed()? {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                    return Ok(ran);
+                for task in late {
+                    spawn(&mut set, task);
                 }
+                if !stopped {
+                    (claims, tasks) = self.open_claims(&slots);
+                }
+                continue;
             }
+            let asking = asked.is_some();
             tokio::select! {
                 Some(joined) = set.join_next() => {
-                    // Every activation that has ended by now, so the next claim fills all
-                    // the slots they free in one write.
                     let mut joined = Some(joined);
                     while let Some(joined) = joined.take().or_else(|| set.try_join_next()) {
-                        let (agent, result) = match joined {
-                            Ok(done) => done,
+                        match joined {
+                            Ok(ended) => ended?,
                             Err(e) => std::panic::resume_unwind(e.into_panic()),
                         };
-                        if let Some(n) = running.get_mut(&agent) {
-                            *n -= 1;
-                        }
-                        result?;
                         ran += 1;
                     }
                 }
+                Some(task) = tasks.recv() => spawn(&mut set, task),
+                Some(done) = async { asked.as_mut()?.await.into() }, if asking => {
+                    asked = None;
+                    fruitless = done? == 0;
+                    continue;
+                }
                 _ = shared.ready.notified() => {}
-                _ = &mut stop, if !stopped => stopped = true,
+                _ = &mut stop, if !stopped => {
+                    stopped = true;
+                    claims.stop();
+                }
                 // Retries wait out their backoff; look again now and then.
                 _ = tokio::time::sleep(Duration::from_millis(25)) => {}
             }
+            fruitless = false;
         }
+    }
+
+    /// A claimant for the loop with `slots`, registered with the store, and where its
+    /// tasks come.
+    fn open_claims(
+        &self,
+        slots: &Arc<Slots>,
+    ) -> (Serving<'_>, mpsc::UnboundedReceiver<TaskRecord>) {
+        let (claims, tasks) = Claims::new(slots.clone());
+        let store = &*self.inner.shared.store;
+        store.serve_claims(claims.clone());
+        (Serving(Some(claims), store), tasks)
     }
 
     /// Wait until task `id` is final (completed, failed or delivered) and that is on
@@ -824,8 +861,23 @@ impl Host {
     /// its outcome, or its failure and the fallback that follows. Returns once that
     /// record is on disk.
     pub async fn activate(&self, task: TaskRecord) -> Result<TaskRecord, StoreError> {
+        self.activate_in(task, None).await
+    }
+
+    /// [`Host::activate`] in a slot of `slots`, freed once the end is committed.
+    async fn activate_in(
+        &self,
+        task: TaskRecord,
+        slots: Option<&Slots>,
+    ) -> Result<TaskRecord, StoreError> {
         let id = task.id.clone();
+        let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
         let ended = self.run_activation(task).await;
+        // Freed before the wait for the disk, so that the commit in which the caller
+        // hands off again can claim the slot.
+        if let Some(slots) = slots {
+            slots.release(&agent);
+        }
         self.inner.shared.store.durable().await?;
         self.inner.shared.task_ended(&id, ended.as_ref().ok());
         ended
@@ -1046,6 +1098,27 @@ impl Host {
         if let Err(e) = write() {
             tracing::error!("cannot write agent log `{}`: {e}", path.display());
         }
+    }
+}
+
+/// A scheduler loop's claimant while the store claims for it (`None` once it stopped).
+/// Dropped with the loop, it stops, so a loop whose future was dropped leaves nothing
+/// claiming for it.
+struct Serving<'a>(Option<Arc<Claims>>, &'a dyn Backend);
+
+impl Serving<'_> {
+    /// Claim no more for the loop. Claims under way still hand their tasks over.
+    fn stop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close();
+            self.1.stop_claims(&(c as Arc<dyn Claimant>));
+        }
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

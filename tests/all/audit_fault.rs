@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use baton::store::{
-    AuditRecord, AuditVerdict, Backend, BoxFuture, Chain, CommitPolicy, Committed, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Pick, Refusal, Status, StreamMeta, StreamRead,
-    StreamWriter, WriteFuture, Written,
+    AuditRecord, AuditVerdict, Backend, BoxFuture, Chain, Claimant, CommitPolicy, Committed,
+    Escalation, FailureKind, HandoffRecord, NewHandoff, Pick, Refusal, Status, StreamMeta,
+    StreamRead, StreamWriter, WriteFuture, Written,
 };
 use baton::{EntryRecord, Host, Store, StoreError, TaskRecord, Vault};
 
@@ -87,6 +87,15 @@ impl Backend for FailingAudits {
     }
     fn claim_ready(&self, max: usize, pick: Pick) -> WriteFuture<Vec<TaskRecord>> {
         Backend::claim_ready(&self.store, max, pick)
+    }
+    fn serve_claims(&self, claimant: Arc<dyn Claimant>) {
+        Backend::serve_claims(&self.store, claimant);
+    }
+    fn stop_claims(&self, claimant: &Arc<dyn Claimant>) {
+        Backend::stop_claims(&self.store, claimant);
+    }
+    fn claim_for(&self, claimant: Arc<dyn Claimant>) -> WriteFuture<usize> {
+        Backend::claim_for(&self.store, claimant)
     }
     fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>> {
         Backend::claim_inbox(&self.store, agent, claimer, max)

@@ -96,3 +96,22 @@ async fn acknowledged_chains_are_in_the_store_after_the_host_is_gone() {
         );
     }
 }
+
+/// A scheduler whose future is dropped (an aborted task, a timeout) leaves nothing
+/// claiming for it in the store: work handed off afterwards goes to the next scheduler
+/// and completes, none of it left running for the one that is gone.
+#[tokio::test]
+async fn work_after_a_dropped_scheduler_goes_to_the_next_one() {
+    let state = tempfile::tempdir().unwrap();
+    let host = Host::load(&research_mesh(), state.path()).unwrap();
+    let gone = {
+        let host = host.clone();
+        tokio::spawn(async move { host.serve(std::future::pending()).await })
+    };
+    // Long enough for it to start serving.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    let tasks = run_concurrently(&host, 4).await;
+    assert_chains_complete(host.store(), &tasks);
+}

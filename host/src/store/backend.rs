@@ -27,10 +27,11 @@
 
 use std::future::{Future, IntoFuture as _};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use super::{
-    AuditRecord, AuditVerdict, Chain, CommitPolicy, Committed, EntryRecord, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Pick, PickFn, Refusal, Status, Store, StoreError,
+    AuditRecord, AuditVerdict, Chain, Claimant, CommitPolicy, Committed, EntryRecord, Escalation,
+    FailureKind, HandoffRecord, NewHandoff, Pick, Picker, Refusal, Status, Store, StoreError,
     StreamMeta, StreamRead, StreamWriter, TaskRecord, Written, queue::Outcome,
 };
 
@@ -91,9 +92,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Whether [`Backend::claim_ready`] would claim at least one task now. The scheduler asks
     /// before each claim, so a backend that can tell without a write saves one whenever
     /// nothing is ready; one that cannot says `true`, and the claim finds out.
-    fn claimable(&self, _pick: &PickFn) -> Result<bool, StoreError> {
+    fn claimable(&self, _pick: &Picker<'_>) -> Result<bool, StoreError> {
         Ok(true)
     }
+    /// Claim ready tasks for `claimant` in the commits of writes to come, as they make
+    /// tasks ready, while it wants them, until [`Backend::stop_claims`].
+    fn serve_claims(&self, claimant: Arc<dyn Claimant>);
+    /// Claim no more for `claimant`. Claims under way still hand their tasks over; it
+    /// holds the claimant until then.
+    fn stop_claims(&self, claimant: &Arc<dyn Claimant>);
+    /// Claim ready tasks for `claimant` now; resolves to how many, once they were handed
+    /// over.
+    fn claim_for(&self, claimant: Arc<dyn Claimant>) -> WriteFuture<usize>;
     /// Claim up to `max` pending tasks from `agent`'s inbox for its running task
     /// `claimer`; given back if the claimer fails or its host dies.
     fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>>;
@@ -208,8 +218,17 @@ impl Backend for Store {
     fn claim_ready(&self, max: usize, pick: Pick) -> WriteFuture<Vec<TaskRecord>> {
         Store::claim_ready(self, max, pick).into_future()
     }
-    fn claimable(&self, pick: &PickFn) -> Result<bool, StoreError> {
+    fn claimable(&self, pick: &Picker<'_>) -> Result<bool, StoreError> {
         Store::claimable(self, pick)
+    }
+    fn serve_claims(&self, claimant: Arc<dyn Claimant>) {
+        Store::serve_claims(self, claimant);
+    }
+    fn stop_claims(&self, claimant: &Arc<dyn Claimant>) {
+        Store::stop_claims(self, claimant);
+    }
+    fn claim_for(&self, claimant: Arc<dyn Claimant>) -> WriteFuture<usize> {
+        Store::claim_for(self, claimant).into_future()
     }
     fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>> {
         Store::claim_inbox(self, agent, claimer, max).into_future()

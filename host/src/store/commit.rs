@@ -53,6 +53,7 @@ use std::time::Duration;
 use redb::{Database, Durability};
 use tokio::sync::watch;
 
+use super::claimant::{ClaimFor, Claimant};
 use super::dispatch::{self, Shared, Unsaved};
 use super::recent::{self, Recent, Tables};
 use super::wal::{self, Known, LSN_COUNTER, SyncHandle, Tx, Wal};
@@ -106,7 +107,7 @@ pub(super) enum Ack {
 }
 
 /// A write waiting for the writer thread.
-trait Write: Send {
+pub(super) trait Write: Send {
     fn ack(&self) -> Ack;
     /// Apply the write in `tx`. It may run again, in a fresh transaction, when its
     /// batch is redone write by write.
@@ -179,6 +180,8 @@ impl<T> std::fmt::Debug for Queued<T> {
 struct Progress {
     /// Writes waiting to be applied.
     queue: Vec<Box<dyn Write>>,
+    /// Whom each batch ends with a claim for (see `claimant`).
+    claimants: Vec<Arc<dyn Claimant>>,
     /// The last frame appended to the log.
     appended: u64,
     /// The last frame holding an acknowledged write.
@@ -337,17 +340,23 @@ impl Syncer {
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        let job = Job {
+            f,
+            ack,
+            out: None,
+            reply,
+        };
+        Queued(self.push(Box::new(job)).map(|()| answer))
+    }
+
+    /// Queue `w` for the writer thread, waking it if it waits.
+    fn push(&self, w: Box<dyn Write>) -> Result<(), StoreError> {
         let wake = {
             let mut p = lock(&self.state.progress);
             if p.stop {
-                return Queued(Err(closed()));
+                return Err(closed());
             }
-            p.queue.push(Box::new(Job {
-                f,
-                ack,
-                out: None,
-                reply,
-            }));
+            p.queue.push(w);
             // Woken once, not at every write: a writer at work finds the queue when it
             // next looks, and each wake is a system call.
             std::mem::replace(&mut p.writer_waits, false)
@@ -355,7 +364,29 @@ impl Syncer {
         if wake {
             self.state.work.notify_one();
         }
-        Queued(Ok(answer))
+        Ok(())
+    }
+
+    /// End every batch with a claim for `claimant` while it wants tasks, until
+    /// [`Syncer::stop_claims`].
+    pub(super) fn serve_claims(&self, claimant: Arc<dyn Claimant>) {
+        lock(&self.state.progress).claimants.push(claimant);
+    }
+
+    /// Claim no more for `claimant` in batches to come. A claim already in a batch still
+    /// hands its tasks over.
+    pub(super) fn stop_claims(&self, claimant: &Arc<dyn Claimant>) {
+        lock(&self.state.progress)
+            .claimants
+            .retain(|c| !Arc::ptr_eq(c, claimant));
+    }
+
+    /// Queue a claim for `claimant` now; it yields how many tasks it claimed once they
+    /// were handed over.
+    pub(super) fn claim_for(&self, claimant: Arc<dyn Claimant>) -> Queued<usize> {
+        let (reply, answer) = oneshot::channel();
+        let claim = ClaimFor::new(claimant, Some(reply));
+        Queued(self.push(Box::new(claim)).map(|()| answer))
     }
 
     /// The newest acknowledged write so far, or `None` when every one is on disk.
@@ -531,7 +562,12 @@ impl Writer {
                     let _ = self.checkpoint();
                     continue;
                 }
-                (std::mem::take(&mut p.queue), p.broken)
+                let mut batch = std::mem::take(&mut p.queue);
+                // Last, so it claims what the writes before it made ready.
+                for c in p.claimants.iter().filter(|c| c.wants()) {
+                    batch.push(Box::new(ClaimFor::new(c.clone(), None)));
+                }
+                (batch, p.broken)
             };
             let group = policy.load(Ordering::Acquire);
             // A failed fsync leaves the log behind redb; a change of policy mixes
@@ -952,7 +988,7 @@ fn durable_commit(
     Ok(())
 }
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Barrier};
 
@@ -984,7 +1020,7 @@ mod tests {
     }
 
     /// A store in a fresh directory, under group commit.
-    fn group_store() -> (tempfile::TempDir, Store) {
+    pub(in crate::store) fn group_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.set_commit_policy(CommitPolicy::Group);
@@ -993,10 +1029,15 @@ mod tests {
 
     /// Hand off `handoff(i)` and wait until it is on disk, as the host does before it
     /// acknowledges a handoff; the new task's id.
-    fn acknowledged(store: &Store, i: usize) -> String {
+    pub(in crate::store) fn acknowledged(store: &Store, i: usize) -> String {
         let task = store.hand_off(handoff(i)).wait().unwrap().unwrap().task;
         store.durable_blocking().unwrap();
         task
+    }
+
+    /// The last frame the writer appended to the log.
+    pub(in crate::store) fn appended(store: &Store) -> u64 {
+        super::lock(&store.syncer.state.progress).appended
     }
 
     /// Wait until no checkpoint runs on its own thread: a test's way to copy the store's
@@ -1020,7 +1061,7 @@ mod tests {
     /// Hand off `good` + 1 tasks, acknowledged, and make the write `bad`, all queued
     /// behind a write that holds the writer thread until they are: the writer then takes
     /// them as one batch. The tasks handed off, and what `bad` returned.
-    fn in_one_batch<T: Send + 'static>(
+    pub(in crate::store) fn in_one_batch<T: Send + 'static>(
         store: &Arc<Store>,
         good: usize,
         bad: impl FnOnce(&Store) -> T + Send + 'static,

@@ -20,12 +20,15 @@
 //! - `recent`: what a handoff writes besides (tasks, handoffs, grants, entries, chains,
 //!   audit records) since the last checkpoint, in memory.
 //! - `queue`: handoffs, claims, completion, failure and fallback, crash recovery.
+//! - `claimant`: standing claims, for the scheduler, in the commits that make tasks
+//!   ready.
 //! - `streams`: chunks of `stream` handoffs.
 //! - `operator`: the operator inbox of escalated tasks.
 //! - `audit`: the hash-chained log of every handoff and read.
 
 mod audit;
 mod backend;
+mod claimant;
 mod commit;
 mod decoded;
 mod dispatch;
@@ -51,9 +54,10 @@ use crate::manifest::hex;
 
 pub use audit::{AuditRecord, AuditVerdict};
 pub use backend::{Backend, BoxFuture, WriteFuture};
+pub use claimant::{Claim, Claimant};
 use commit::Ack;
 pub use commit::{CommitPolicy, Queued};
-pub use queue::{Committed, NewHandoff, Pick, PickFn, Refusal, fingerprint};
+pub use queue::{Committed, NewHandoff, Pick, PickFn, Picker, Refusal, fingerprint};
 pub use records::*;
 pub use streams::{StreamRead, StreamWriter, Written};
 use wal::Tx;
@@ -344,6 +348,23 @@ impl Store {
         F: FnMut(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.syncer.queue(ack, f)
+    }
+
+    /// End every write's commit with a claim for `claimant` while it wants tasks,
+    /// until [`Store::stop_claims`] (see `claimant`).
+    pub fn serve_claims(&self, claimant: Arc<dyn Claimant>) {
+        self.syncer.serve_claims(claimant);
+    }
+
+    /// Claim no more for `claimant` in commits to come; claims already under way still
+    /// hand their tasks over.
+    pub fn stop_claims(&self, claimant: &Arc<dyn Claimant>) {
+        self.syncer.stop_claims(claimant);
+    }
+
+    /// Claim ready tasks for `claimant` now; yields how many, once they were handed over.
+    pub fn claim_for(&self, claimant: Arc<dyn Claimant>) -> Queued<usize> {
+        self.syncer.claim_for(claimant)
     }
 
     /// The redb file.

@@ -108,6 +108,9 @@ pub type Pick = std::sync::Arc<PickFn>;
 /// What a [`Pick`] calls.
 pub type PickFn = dyn Fn(&str, &[&str], &[String]) -> Option<String> + Send + Sync;
 
+/// A pick for one claim, made now: free to borrow what it consults.
+pub type Picker<'a> = dyn Fn(&str, &[&str], &[String]) -> Option<String> + 'a;
+
 /// A store result that may also be a refusal.
 pub type Outcome<T> = Result<Result<T, Refusal>, StoreError>;
 
@@ -205,7 +208,7 @@ impl Store {
     /// Whether [`Store::claim_ready`] would claim anything now, read without a write:
     /// the scheduler asks before it queues a claim, so that a look that finds nothing to
     /// run costs the writer thread no transaction.
-    pub fn claimable(&self, pick: &PickFn) -> Result<bool, StoreError> {
+    pub fn claimable(&self, pick: &Picker<'_>) -> Result<bool, StoreError> {
         let q = super::dispatch::lock(&self.queues);
         Ok(!choose(q.ready.iter(), 1, pick, now_ms())?.is_empty())
     }
@@ -231,7 +234,7 @@ type Chosen = Vec<((u64, String, String), String)>;
 fn choose<'r>(
     ready: impl Iterator<Item = (u64, &'r str)>,
     max: usize,
-    pick: &PickFn,
+    pick: &Picker<'_>,
     now: u64,
 ) -> Result<Chosen, StoreError> {
     let mut chosen: Vec<(u64, String, String)> = Vec::new();
@@ -260,7 +263,11 @@ fn choose<'r>(
 }
 
 /// The body of [`Store::claim_ready`].
-fn claim_ready_in(txn: &Tx<'_>, max: usize, pick: &PickFn) -> Result<Vec<TaskRecord>, StoreError> {
+pub(super) fn claim_ready_in(
+    txn: &Tx<'_>,
+    max: usize,
+    pick: &Picker<'_>,
+) -> Result<Vec<TaskRecord>, StoreError> {
     let now = now_ms();
     let chosen = choose(txn.queues().ready.iter(), max, pick, now)?;
     let mut claimed = Vec::with_capacity(chosen.len());
