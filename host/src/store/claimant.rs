@@ -37,7 +37,9 @@ pub trait Claimant: Send + Sync {
     /// ends a batch with a claim for it only then.
     fn wants(&self) -> bool;
     /// Run `claim` with how many tasks it takes at most and a pick that sees its free
-    /// slots, and reserve a slot for each task claimed, all under its lock.
+    /// slots, and reserve a slot for each task claimed, all under its lock. `claim`
+    /// locks the store's queues under it, so a pick the store calls under those (as
+    /// [`Store::claimable`](super::Store::claimable) does) must not take this lock.
     fn reserve(&self, claim: &mut Claim<'_>) -> Result<Vec<TaskRecord>, StoreError>;
     /// Give back the slots reserved for `tasks`, whose claim did not commit.
     fn release(&self, tasks: &[TaskRecord]);
