@@ -159,7 +159,7 @@ impl Report {
                 .iter()
                 .map(|t| TaskView {
                     id: t.id.clone(),
-                    agent: t.agent.clone().unwrap_or_else(|| t.to.clone()),
+                    agent: t.runner().to_string(),
                     to: t.to.clone(),
                     from: t.from.clone(),
                     kind: t.kind,

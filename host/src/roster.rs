@@ -188,8 +188,7 @@ impl Claimant for Claims {
             })?
         };
         for t in &tasks {
-            let agent = t.agent.clone().unwrap_or_else(|| t.to.clone());
-            *taken.running.entry(agent).or_default() += 1;
+            *taken.running.entry(t.runner().to_string()).or_default() += 1;
             taken.total += 1;
         }
         Ok(tasks)
@@ -197,7 +196,7 @@ impl Claimant for Claims {
 
     fn release(&self, tasks: &[TaskRecord]) {
         for t in tasks {
-            self.slots.release(t.agent.as_deref().unwrap_or(&t.to));
+            self.slots.release(t.runner());
         }
     }
 

@@ -728,8 +728,8 @@ impl Host {
         let mut stopped = false;
         let slots = Arc::new(Slots::new(self.inner.roster.clone(), self.workers));
         // Tasks are claimed for this loop in the commits that make them ready (see
-        // `store::Claimant`), and come down `tasks`; `claims` is `None` once it stopped
-        // claiming.
+        // `store::Claimant`), and come down `tasks`, while `claims` is registered with
+        // the store (until it stops).
         let (mut claims, mut tasks) = self.open_claims(&slots);
         // The loop's own claim under way, if it asked for one; and whether the last one
         // claimed nothing, so that it asks again only once something happened (a backend
@@ -871,7 +871,7 @@ impl Host {
         slots: Option<&Slots>,
     ) -> Result<TaskRecord, StoreError> {
         let id = task.id.clone();
-        let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+        let agent = task.runner().to_string();
         let ended = self.run_activation(task).await;
         // Freed before the wait for the disk, so that the commit in which the caller
         // hands off again can claim the slot.
@@ -889,7 +889,7 @@ impl Host {
         let inner = &self.inner;
         let shared = &inner.shared;
         let store = &shared.store;
-        let agent_id = task.agent.clone().unwrap_or_else(|| task.to.clone());
+        let agent_id = task.runner().to_string();
         let fail = async |kind: FailureKind, reason: &str| {
             let r = store.fail(&task.id, kind, reason, REPLY_DEADLINE_MS).await;
             shared.wake();

@@ -335,9 +335,8 @@ fn complete_in(
 ) -> Result<TaskRecord, StoreError> {
     let mut task: TaskRecord = get_task(txn, task_id)?;
     let now = now_ms();
-    let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
-    let key = output_key(&agent, &task.id);
-    put(txn, &key, &agent, data, now)?;
+    let key = output_key(task.runner(), &task.id);
+    put(txn, &key, task.runner(), data, now)?;
     task.status = Status::Completed;
     task.finished_at = Some(now);
     task.outcome_key = Some(key);
@@ -632,8 +631,7 @@ fn end_handoffs_of(txn: &Tx<'_>, task: &str) -> Result<(), StoreError> {
 fn deliver(txn: &Tx<'_>, task: &TaskRecord) -> Result<(), StoreError> {
     put_task(txn, task)?;
     if let Some(key) = &task.pointer {
-        let agent = task.agent.as_deref().unwrap_or(&task.to);
-        txn.put(GRANTS, (agent, key.as_str()), ())?;
+        txn.put(GRANTS, (task.runner(), key.as_str()), ())?;
     }
     Ok(())
 }
@@ -648,7 +646,7 @@ fn send_reply(
     if !task.reply || task.from == OPERATOR || task.kind != Kind::Work {
         return Ok(());
     }
-    let from = task.agent.clone().unwrap_or_else(|| task.to.clone());
+    let from = task.runner().to_string();
     let reply = NewHandoff {
         from,
         parent: Some(task.clone()),
@@ -755,7 +753,7 @@ fn fail_in(
             return Ok(task);
         }
         Fallback::Escalate => {
-            let agent = task.agent.clone().unwrap_or_else(|| task.to.clone());
+            let agent = task.runner().to_string();
             let escalation = Escalation {
                 task: task.id.clone(),
                 agent,
@@ -786,7 +784,7 @@ fn finish_failed(txn: &Tx<'_>, task: &mut TaskRecord, now: u64) -> Result<(), St
     let key = format!("failures/{}", task.id);
     let record = serde_json::json!({
         "task": task.id,
-        "agent": task.agent.as_deref().unwrap_or(&task.to),
+        "agent": task.runner(),
         "reason": task.error,
         "attempts": task.attempts,
     });

@@ -195,6 +195,13 @@ pub struct TaskRecord {
     pub error: Option<String>,
 }
 
+impl TaskRecord {
+    /// Who runs (or ran) the task: the agent that claimed it, else its target.
+    pub fn runner(&self) -> &str {
+        self.agent.as_deref().unwrap_or(&self.to)
+    }
+}
+
 /// A handoff, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffRecord {

@@ -96,7 +96,7 @@ fn read_chunk(txn: &Tx<'_>, reader: &str, key: &str, after: u64) -> Outcome<Stre
         return Ok(Err(Refusal::NotFound(format!("no stream at `{key}`"))));
     };
     let task: TaskRecord = get_task(txn, &meta.task)?;
-    if task.agent.as_deref().unwrap_or(&task.to) != reader {
+    if task.runner() != reader {
         return Ok(Err(Refusal::Denied(format!(
             "agent `{reader}` is not the reader of the stream at `{key}`"
         ))));
