@@ -19,8 +19,8 @@ use crate::bindings::mesh::{self as wit, Host, MeshError};
 use crate::grants::{ReadGrants, validate_key};
 use crate::manifest::{AgentSpec, CAPABILITY, Limits, Mesh, ROUTE, Route, compile_schema};
 use crate::store::{
-    self, Backend, Fallback, Kind, NewHandoff, Refusal, StoreError, StreamRead, StreamWriter,
-    TaskRecord, WriteFuture,
+    self, Backend, Fallback, Kind, NewHandoff, ReadAudits, Refusal, StoreError, StreamRead,
+    StreamWriter, TaskRecord,
 };
 
 /// Longest `summary` accepted, in bytes.
@@ -186,9 +186,10 @@ pub struct MeshCtx {
     pub streams: Vec<OpenStream>,
     /// Refusals and replayed hand-offs, for the agent's log.
     pub log: Vec<String>,
-    /// The audit records of this activation's reads, queued but not waited for: the host
-    /// awaits them before it records how the activation ended (see `read_blackboard`).
-    pub audits: Audits,
+    /// Whether the audit records of this activation's reads, queued but not waited for,
+    /// were stored: the write that records how the activation ended checks it (see
+    /// `read_blackboard`).
+    pub reads: Arc<ReadAudits>,
 }
 
 /// A stream an activation writes.
@@ -243,16 +244,6 @@ impl Drop for EndWait<'_> {
                 ended.remove(&self.id);
             }
         }
-    }
-}
-
-/// Queued audit records of reads, not yet waited for.
-#[derive(Default)]
-pub struct Audits(pub Vec<WriteFuture<()>>);
-
-impl std::fmt::Debug for Audits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} queued", self.0.len())
     }
 }
 
@@ -837,14 +828,14 @@ impl Host for MeshView<'_> {
         let store = &self.ctx.shared.store;
         let allowed = me.reads.allows(&key) || store.is_granted(&me.id, &key).map_err(trap)?;
         let task = &self.ctx.task.id;
-        // Each read's audit record is queued here and awaited only before the activation's
-        // end is recorded: the writer applies writes in order, so the record commits no
-        // later than the outcome, and a crash that loses it loses the outcome too, so the
+        // Each read's audit record is queued here and not waited for: writes are applied
+        // in order, so the record commits no later than the write that records the
+        // activation's end, and that write fails the task if the record failed (see
+        // `ReadAudits`). A crash that loses the record loses the end too, so the
         // redelivered task reads, and is audited, again. Waiting here would add a commit
         // to every read.
         if !allowed {
-            let audit = store.audit_read(&me.id, task, &key, Err("not granted"));
-            self.ctx.audits.0.push(audit);
+            store.audit_read(&me.id, task, &key, Err("not granted"), &self.ctx.reads);
             let e = MeshError::Denied(format!(
                 "agent `{}` may not read `{key}`: it is not in its namespace, its `reads` globs, or a task delivered to it",
                 me.id
@@ -853,8 +844,7 @@ impl Host for MeshView<'_> {
         }
         match store.read(&key, version).map_err(trap)? {
             Some(e) => {
-                let audit = store.audit_read(&me.id, task, &key, Ok(e.version));
-                self.ctx.audits.0.push(audit);
+                store.audit_read(&me.id, task, &key, Ok(e.version), &self.ctx.reads);
                 Ok(Ok(entry_to_wit(e)))
             }
             None => {

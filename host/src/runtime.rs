@@ -29,14 +29,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Agent, AgentPre};
 use crate::manifest::{CAPABILITY, ManifestError, Mesh, OPERATOR};
-use crate::mesh::{AgentPolicy, Audits, MeshCtx, MeshView, Shared, task_to_wit};
+use crate::mesh::{AgentPolicy, MeshCtx, MeshView, Shared, task_to_wit};
 use crate::meter::{Meter, Ticker};
 use crate::outbound::{AgentOutbound, Outbound, OutboundLog, Redactor};
 use crate::policy::{self, Granted, Policy, Verdict};
 use crate::roster::{Claims, Roster, Slots};
 use crate::store::{
     Backend, Claimant, CommitPolicy, Committed, FailureKind, Fallback, Kind, NewHandoff, Param,
-    Pattern, Refusal, Status, Store, StoreError, TaskRecord, WriteFuture, now_ms,
+    Pattern, ReadAudits, Refusal, Status, Store, StoreError, TaskRecord, WriteFuture, now_ms,
 };
 use crate::vault::Vault;
 
@@ -890,8 +890,13 @@ impl Host {
         let shared = &inner.shared;
         let store = &shared.store;
         let agent_id = task.runner().to_string();
+        // What became of the audit records of the activation's reads, which it does not
+        // wait for: the write that records its end checks it.
+        let reads = Arc::new(ReadAudits::default());
         let fail = async |kind: FailureKind, reason: &str| {
-            let r = store.fail(&task.id, kind, reason, REPLY_DEADLINE_MS).await;
+            let r = store
+                .fail(&task.id, kind, reason, REPLY_DEADLINE_MS, &reads)
+                .await;
             shared.wake();
             r
         };
@@ -913,9 +918,9 @@ impl Host {
         let (mut wstore, meter) = self.new_store(
             loaded,
             &task,
-            stdout.clone(),
-            stderr.clone(),
+            (stdout.clone(), stderr.clone()),
             outbound_log.clone(),
+            reads.clone(),
         );
 
         let run = meter.run(async {
@@ -927,7 +932,6 @@ impl Host {
         let ctx = &mut wstore.data_mut().mesh;
         let mut refusals = std::mem::take(&mut ctx.log);
         refusals.append(&mut outbound_log.lock().unwrap_or_else(|e| e.into_inner()));
-        let audits = std::mem::take(&mut ctx.audits.0);
         // The streams it left open stay open: the store closes them when the task ends
         // for good, in the commit that ends it, and a delivery to come carries them on.
         self.append_log(
@@ -938,16 +942,9 @@ impl Host {
             &refusals,
         );
 
-        // The reads' audit records were queued before anything recording the end, so
-        // they are usually committed by now. A read the host could not audit fails the
-        // task as any host fault in an import does.
-        for audit in audits {
-            if let Err(e) = audit.await {
-                let reason = format!("trap: the audit record of a read could not be stored: {e}");
-                return fail(FailureKind::Trap, &reason).await;
-            }
-        }
-
+        // The reads' audit records were queued before the write recording the end, which
+        // is queued now without waiting for them: a read the host could not audit makes
+        // that write fail the task, as any host fault in an import does (`ReadAudits`).
         match result {
             Err(_elapsed) => {
                 fail(
@@ -969,7 +966,13 @@ impl Host {
                     .await;
                 }
                 let done = store
-                    .complete(&task.id, &outcome.summary, &outcome.data, REPLY_DEADLINE_MS)
+                    .complete(
+                        &task.id,
+                        &outcome.summary,
+                        &outcome.data,
+                        REPLY_DEADLINE_MS,
+                        &reads,
+                    )
                     .await;
                 shared.wake();
                 done
@@ -992,9 +995,9 @@ impl Host {
         &self,
         loaded: &Loaded,
         task: &Arc<TaskRecord>,
-        stdout: MemoryOutputPipe,
-        stderr: MemoryOutputPipe,
+        (stdout, stderr): (MemoryOutputPipe, MemoryOutputPipe),
         outbound_log: OutboundLog,
+        reads: Arc<ReadAudits>,
     ) -> (WasmStore<Activation>, Meter) {
         let limits = &loaded.policy.limits;
         let memory = usize::try_from(limits.memory_mib * 1024 * 1024).unwrap_or(usize::MAX);
@@ -1008,7 +1011,7 @@ impl Host {
                     handoffs: 0,
                     streams: Vec::new(),
                     log: Vec::new(),
-                    audits: Audits::default(),
+                    reads,
                 },
                 wasi: LazyWasi::new(stdout, stderr),
                 table: ResourceTable::new(),
@@ -1048,9 +1051,12 @@ impl Host {
             let (mut wstore, meter) = self.new_store(
                 loaded,
                 &task,
-                MemoryOutputPipe::new(LOG_CAPACITY),
-                MemoryOutputPipe::new(LOG_CAPACITY),
+                (
+                    MemoryOutputPipe::new(LOG_CAPACITY),
+                    MemoryOutputPipe::new(LOG_CAPACITY),
+                ),
                 OutboundLog::default(),
+                Arc::default(),
             );
             meter
                 .run(async {

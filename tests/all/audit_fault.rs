@@ -3,15 +3,18 @@
 //! anything that activation produced: the task fails with the store's error as its
 //! reason, other work goes on, and the audit chain stays whole. The fault is injected
 //! under the host through the `Backend` trait: a store whose read audits fail for one
-//! agent, and pass everything else to the real store.
+//! agent (it marks the activation's `ReadAudits`, as the real store's writer does when
+//! a record does not commit), and passes everything else to the real store. The store's
+//! own test of a record that fails in its writer, in one batch with the end it must
+//! fail, is `an_end_queued_behind_a_read_that_could_not_be_audited_fails_the_task`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use baton::store::{
     AuditRecord, AuditVerdict, Backend, BoxFuture, Chain, Claimant, CommitPolicy, Committed,
-    Escalation, FailureKind, HandoffRecord, NewHandoff, Pick, Refusal, Status, StreamMeta,
-    StreamRead, StreamWriter, WriteFuture, Written,
+    Escalation, FailureKind, HandoffRecord, NewHandoff, Pick, ReadAudits, Refusal, Status,
+    StreamMeta, StreamRead, StreamWriter, WriteFuture, Written,
 };
 use baton::{EntryRecord, Host, Store, StoreError, TaskRecord, Vault};
 
@@ -35,12 +38,15 @@ impl Backend for FailingAudits {
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> WriteFuture<()> {
+        audits: &Arc<ReadAudits>,
+    ) {
         if agent == self.agent && self.failing.load(Ordering::SeqCst) {
-            let e = StoreError::Db(redb::Error::Io(std::io::Error::other(CAUSE)));
-            return Box::pin(async move { Err(e) });
+            audits.fail(&StoreError::Db(redb::Error::Io(std::io::Error::other(
+                CAUSE,
+            ))));
+            return;
         }
-        Backend::audit_read(&self.store, agent, task, key, outcome)
+        Backend::audit_read(&self.store, agent, task, key, outcome, audits);
     }
 
     fn set_commit_policy(&self, policy: CommitPolicy) {
@@ -106,8 +112,9 @@ impl Backend for FailingAudits {
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> WriteFuture<TaskRecord> {
-        Backend::complete(&self.store, task, summary, data, reply_deadline_ms)
+        Backend::complete(&self.store, task, summary, data, reply_deadline_ms, audits)
     }
     fn fail(
         &self,
@@ -115,8 +122,9 @@ impl Backend for FailingAudits {
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> WriteFuture<TaskRecord> {
-        Backend::fail(&self.store, task, kind, reason, reply_deadline_ms)
+        Backend::fail(&self.store, task, kind, reason, reply_deadline_ms, audits)
     }
     fn recover(&self) -> Result<usize, StoreError> {
         Backend::recover(&self.store)

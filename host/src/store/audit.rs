@@ -6,14 +6,16 @@
 //! `prev` is 64 zeros.
 
 use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableHandle as _, Value as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::commit::{Ack, Write};
 use super::recent::Bytes;
 use super::wal::Tx;
-use super::{AUDIT, Queued, Store, StoreError, now_ms};
+use super::{AUDIT, Store, StoreError, now_ms};
 use crate::manifest::hex;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -139,32 +141,108 @@ pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// Whether the audit records of one activation's reads were all stored. The host queues
+/// each read's record without waiting for it (waiting put a commit between the agent's
+/// last read and the write that records its end, about a tenth of a blackboard
+/// handoff's time under load), and hands this to the write that records the end, which
+/// fails the task instead of storing what the activation produced if a record failed.
+///
+/// That check is exact because writes apply in the order they were queued: when the
+/// end's write applies, every record queued before it has either finished (committed,
+/// or failed and marked here) or been applied in the same transaction as the end, with
+/// which it commits or fails.
+#[derive(Debug, Default)]
+pub struct ReadAudits {
+    failed: Mutex<Option<String>>,
+}
+
+impl ReadAudits {
+    /// A read's record could not be stored, because of `e`; the first reason is kept.
+    pub fn fail(&self, e: &StoreError) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get_or_insert_with(|| e.to_string());
+    }
+
+    /// Why a read's record could not be stored, if one could not.
+    pub fn failed(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The reason an activation's end is recorded with instead of its own, if one of its
+    /// reads went unaudited: the agent was handed data the audit log does not show.
+    pub(super) fn unaudited(&self) -> Option<String> {
+        let why = self.failed()?;
+        Some(format!(
+            "trap: the audit record of a read could not be stored: {why}"
+        ))
+    }
+}
+
+/// A read's audit record as one write, which marks its activation's [`ReadAudits`] if
+/// it does not commit.
+struct ReadRecord {
+    agent: String,
+    task: String,
+    key: String,
+    event: &'static str,
+    detail: String,
+    audits: Arc<ReadAudits>,
+}
+
+impl Write for ReadRecord {
+    fn ack(&self) -> Ack {
+        Ack::Lazy
+    }
+
+    fn apply(&mut self, tx: &Tx<'_>) -> Result<(), StoreError> {
+        append(
+            tx,
+            AuditEvent {
+                event: self.event,
+                agent: &self.agent,
+                key: Some(&self.key),
+                task: Some(&self.task),
+                detail: self.detail.clone(),
+            },
+        )
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        if let Err(e) = outcome {
+            self.audits.fail(&e);
+        }
+    }
+}
+
 impl Store {
-    /// Record that `agent`, handling `task`, read `key` (or was denied it).
+    /// Queue the record that `agent`, handling `task`, read `key` (or was denied it); if
+    /// it cannot be stored, `audits` is marked (see [`ReadAudits`]).
     pub fn audit_read(
         &self,
         agent: &str,
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> Queued<()> {
+        audits: &Arc<ReadAudits>,
+    ) {
         let (event, detail) = match outcome {
             Ok(version) => ("read", format!("version {version}")),
             Err(why) => ("denied", why.to_string()),
         };
-        let (agent, task, key) = (agent.to_string(), task.to_string(), key.to_string());
-        self.write(super::commit::Ack::Lazy, move |txn| {
-            append(
-                txn,
-                AuditEvent {
-                    event,
-                    agent: &agent,
-                    key: Some(&key),
-                    task: Some(&task),
-                    detail: detail.clone(),
-                },
-            )
-        })
+        let record = ReadRecord {
+            agent: agent.to_string(),
+            task: task.to_string(),
+            key: key.to_string(),
+            event,
+            detail,
+            audits: audits.clone(),
+        };
+        if let Err(e) = self.syncer.push(Box::new(record)) {
+            audits.fail(&e);
+        }
     }
 
     /// Every audit record, oldest first.

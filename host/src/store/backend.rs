@@ -18,8 +18,9 @@
 //! - **Writes are queued when called, in call order.** A write method returns a future
 //!   for its result, but the write is on its way before that future is first polled, and
 //!   writes a caller makes one after another are applied in that order. The host relies
-//!   on it to record a read's audit without waiting, then the activation's outcome after
-//!   it.
+//!   on it to queue a read's audit record without waiting, then the write that records
+//!   the activation's end, which must see whether that record failed (see
+//!   [`ReadAudits`]).
 //!
 //! Writes return futures so a caller parks its task, not a runtime thread, while the
 //! backend works: on a 2-core machine, threads blocked on the store were what kept the
@@ -31,8 +32,8 @@ use std::sync::Arc;
 
 use super::{
     AuditRecord, AuditVerdict, Chain, Claimant, CommitPolicy, Committed, EntryRecord, Escalation,
-    FailureKind, HandoffRecord, NewHandoff, Pick, Picker, Refusal, Status, Store, StoreError,
-    StreamMeta, StreamRead, StreamWriter, TaskRecord, Written, queue::Outcome,
+    FailureKind, HandoffRecord, NewHandoff, Pick, Picker, ReadAudits, Refusal, Status, Store,
+    StoreError, StreamMeta, StreamRead, StreamWriter, TaskRecord, Written, queue::Outcome,
 };
 
 /// A future a backend returns from a trait method.
@@ -107,21 +108,26 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Claim up to `max` pending tasks from `agent`'s inbox for its running task
     /// `claimer`; given back if the claimer fails or its host dies.
     fn claim_inbox(&self, agent: &str, claimer: &str, max: u32) -> WriteFuture<Vec<TaskRecord>>;
-    /// Store a task's outcome and any reply.
+    /// Store a task's outcome and any reply. If `audits` shows that a read of the
+    /// activation could not be audited, fail the task instead (a trap, with
+    /// [`ReadAudits`]' reason) and store nothing of the outcome.
     fn complete(
         &self,
         task: &str,
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> WriteFuture<TaskRecord>;
-    /// Record a failure and apply its fallback.
+    /// Record a failure and apply its fallback; the unaudited read, if `audits` shows one,
+    /// is the failure recorded.
     fn fail(
         &self,
         task: &str,
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> WriteFuture<TaskRecord>;
     /// Make every task left running by a previous host ready again; how many. Blocks:
     /// the host calls it once, while it loads.
@@ -150,16 +156,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Mark an escalation resolved. Blocks: only the operator's command calls it.
     fn resolve(&self, task: &str, note: Option<&str>) -> Outcome<Escalation>;
 
-    /// Audit a read of `key` by `agent` handling `task` (or its refusal). The host does
-    /// not wait for it before it hands the agent what it read, only before it records
-    /// the activation's end.
+    /// Queue the audit record of a read of `key` by `agent` handling `task` (or of its
+    /// refusal), and mark `audits` if it cannot be stored. The host does not wait for
+    /// it: it hands `audits` to the write that records the activation's end
+    /// ([`Backend::complete`], [`Backend::fail`]), which must be applied after this
+    /// record and see whether it failed.
     fn audit_read(
         &self,
         agent: &str,
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> WriteFuture<()>;
+        audits: &Arc<ReadAudits>,
+    );
     /// The audit log, oldest first.
     fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Check the audit log's hash chain.
@@ -239,8 +248,9 @@ impl Backend for Store {
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> WriteFuture<TaskRecord> {
-        Store::complete(self, task, summary, data, reply_deadline_ms).into_future()
+        Store::complete(self, task, summary, data, reply_deadline_ms, audits).into_future()
     }
     fn fail(
         &self,
@@ -248,8 +258,9 @@ impl Backend for Store {
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> WriteFuture<TaskRecord> {
-        Store::fail(self, task, kind, reason, reply_deadline_ms).into_future()
+        Store::fail(self, task, kind, reason, reply_deadline_ms, audits).into_future()
     }
     fn recover(&self) -> Result<usize, StoreError> {
         Store::recover(self).wait()
@@ -287,8 +298,9 @@ impl Backend for Store {
         task: &str,
         key: &str,
         outcome: Result<u64, &str>,
-    ) -> WriteFuture<()> {
-        Store::audit_read(self, agent, task, key, outcome).into_future()
+        audits: &Arc<ReadAudits>,
+    ) {
+        Store::audit_read(self, agent, task, key, outcome, audits);
     }
     fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         Store::audit_log(self)

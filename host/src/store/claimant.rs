@@ -233,7 +233,9 @@ mod tests {
         let slots = Slots::new(4);
         store.serve_claims(slots.clone());
         let (tasks, bad) = in_one_batch(&store, GOOD, |store| {
-            store.complete("t-nowhere", "done", b"{}", 1_000).wait()
+            store
+                .complete("t-nowhere", "done", b"{}", 1_000, &Default::default())
+                .wait()
         });
         assert!(bad.is_err());
         settled(&store);

@@ -350,7 +350,7 @@ impl Syncer {
     }
 
     /// Queue `w` for the writer thread, waking it if it waits.
-    fn push(&self, w: Box<dyn Write>) -> Result<(), StoreError> {
+    pub(super) fn push(&self, w: Box<dyn Write>) -> Result<(), StoreError> {
         let wake = {
             let mut p = lock(&self.state.progress);
             if p.stop {
@@ -1058,6 +1058,32 @@ pub(super) mod tests {
         }
     }
 
+    /// Hold the writer thread with a write of its own until the returned function is
+    /// called: the writes queued meanwhile are then taken as one batch.
+    pub(in crate::store) fn hold_writer(store: &Store) -> impl FnOnce() + use<> {
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let holding = store.write(super::Ack::Lazy, move |_| {
+            let _ = held.lock().unwrap().recv();
+            Ok(())
+        });
+        // The writer thread takes the holding write alone.
+        queued(store, 0);
+        move || {
+            drop(hold);
+            holding.wait().unwrap();
+        }
+    }
+
+    /// Wait until exactly `n` writes wait for the writer thread.
+    pub(in crate::store) fn queued(store: &Store, n: usize) {
+        let since = std::time::Instant::now();
+        while super::lock(&store.syncer.state.progress).queue.len() != n {
+            assert!(since.elapsed().as_secs() < 10, "{n} writes never queued up");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Hand off `good` + 1 tasks, acknowledged, and make the write `bad`, all queued
     /// behind a write that holds the writer thread until they are: the writer then takes
     /// them as one batch. The tasks handed off, and what `bad` returned.
@@ -1066,21 +1092,7 @@ pub(super) mod tests {
         good: usize,
         bad: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> (Vec<String>, T) {
-        let (hold, held) = std::sync::mpsc::channel::<()>();
-        let held = std::sync::Mutex::new(held);
-        let holding = store.write(super::Ack::Lazy, move |_| {
-            let _ = held.lock().unwrap().recv();
-            Ok(())
-        });
-        // The writer thread takes the holding write alone.
-        let since = std::time::Instant::now();
-        while !super::lock(&store.syncer.state.progress).queue.is_empty() {
-            assert!(
-                since.elapsed().as_secs() < 10,
-                "the writer never took the write"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let release = hold_writer(store);
         let first = {
             let store = store.clone();
             std::thread::spawn(move || acknowledged(&store, good))
@@ -1095,13 +1107,8 @@ pub(super) mod tests {
             let store = store.clone();
             std::thread::spawn(move || bad(&store))
         };
-        let since = std::time::Instant::now();
-        while super::lock(&store.syncer.state.progress).queue.len() < good + 2 {
-            assert!(since.elapsed().as_secs() < 10, "the writes never queued up");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        drop(hold);
-        holding.wait().unwrap();
+        queued(store, good + 2);
+        release();
         let bad = bad.join().unwrap();
         let mut tasks: Vec<String> = others.into_iter().map(|t| t.join().unwrap()).collect();
         tasks.push(first.join().unwrap());
@@ -1116,7 +1123,9 @@ pub(super) mod tests {
         let (dir, store) = group_store();
         let store = Arc::new(store);
         let (tasks, bad) = in_one_batch(&store, GOOD, |store| {
-            store.complete("t-nowhere", "done", b"{}", 1_000).wait()
+            store
+                .complete("t-nowhere", "done", b"{}", 1_000, &Default::default())
+                .wait()
         });
         let err = bad.unwrap_err().to_string();
         assert!(err.contains("t-nowhere"), "{err}");
@@ -1572,7 +1581,7 @@ pub(super) mod tests {
         let running = claim(&store, 3);
         assert_eq!(running, tasks[..3]);
         store
-            .complete(&running[0], "done", b"{}", 1_000)
+            .complete(&running[0], "done", b"{}", 1_000, &Default::default())
             .wait()
             .unwrap();
         store.durable_blocking().unwrap();

@@ -52,7 +52,7 @@ use sha2::{Digest, Sha256};
 
 use crate::manifest::hex;
 
-pub use audit::{AuditRecord, AuditVerdict};
+pub use audit::{AuditRecord, AuditVerdict, ReadAudits};
 pub use backend::{Backend, BoxFuture, WriteFuture};
 pub use claimant::{Claim, Claimant};
 use commit::Ack;

@@ -6,6 +6,8 @@
 //! any reply; failure applies the caller's declared fallback in the same commit, so a
 //! crash never leaves a failure without its consequence.
 
+use std::sync::Arc;
+
 use redb::Value as _;
 use sha2::{Digest, Sha256};
 
@@ -13,8 +15,8 @@ use super::commit::Ack;
 use super::wal::Tx;
 use super::{
     CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, Queued, READY,
-    RUNNING, STREAMS, Store, StoreError, get_json, get_task, next, now_ms, put, put_json, put_task,
-    try_get_task,
+    RUNNING, ReadAudits, STREAMS, Store, StoreError, get_json, get_task, next, now_ms, put,
+    put_json, put_task, try_get_task,
 };
 use crate::grants::output_key;
 use crate::manifest::{OPERATOR, hex};
@@ -152,34 +154,46 @@ impl Store {
 
     /// Store the outcome of `task` at `output/<agent>/<task>`, mark it completed, and, if
     /// the caller asked, put a reply pointing there in the caller's inbox (due in
-    /// `reply_deadline_ms`), all in one commit.
+    /// `reply_deadline_ms`), all in one commit. If `audits` shows a read of the
+    /// activation went unaudited, the task fails instead, and nothing of the outcome is
+    /// stored (see [`ReadAudits`]).
     pub fn complete(
         &self,
         task_id: &str,
         summary: &str,
         data: &[u8],
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> Queued<TaskRecord> {
         let (task_id, summary, data) = (task_id.to_string(), summary.to_string(), data.to_vec());
-        self.write(Ack::Acknowledged, move |txn| {
-            complete_in(txn, &task_id, &summary, &data, reply_deadline_ms)
+        let audits = audits.clone();
+        self.write(Ack::Acknowledged, move |txn| match audits.unaudited() {
+            None => complete_in(txn, &task_id, &summary, &data, reply_deadline_ms),
+            Some(reason) => {
+                fail_claimer(txn, &task_id, FailureKind::Trap, &reason, reply_deadline_ms)
+            }
         })
     }
 
     /// Record that `task` failed, and apply its fallback in the same commit: redeliver a
     /// pull task, retry with backoff, reroute to another agent, escalate to the operator,
-    /// or record the failure on the blackboard. Returns the task as stored.
+    /// or record the failure on the blackboard. Returns the task as stored. If `audits`
+    /// shows a read of the activation went unaudited, that is the failure recorded.
     pub fn fail(
         &self,
         task_id: &str,
         kind: FailureKind,
         reason: &str,
         reply_deadline_ms: u64,
+        audits: &Arc<ReadAudits>,
     ) -> Queued<TaskRecord> {
         let (task_id, reason) = (task_id.to_string(), reason.to_string());
-        self.write(Ack::Acknowledged, move |txn| {
-            release_claims(txn, &task_id, true)?;
-            fail_in(txn, &task_id, kind, &reason, reply_deadline_ms)
+        let audits = audits.clone();
+        self.write(Ack::Acknowledged, move |txn| match audits.unaudited() {
+            None => fail_claimer(txn, &task_id, kind, &reason, reply_deadline_ms),
+            Some(reason) => {
+                fail_claimer(txn, &task_id, FailureKind::Trap, &reason, reply_deadline_ms)
+            }
         })
     }
 
@@ -323,6 +337,18 @@ fn claim_inbox_in(
         claimed.push(task);
     }
     Ok(claimed)
+}
+
+/// Record that `task_id` failed, giving back what it claimed through `check-inbox`.
+fn fail_claimer(
+    txn: &Tx<'_>,
+    task_id: &str,
+    kind: FailureKind,
+    reason: &str,
+    reply_deadline_ms: u64,
+) -> Result<TaskRecord, StoreError> {
+    release_claims(txn, task_id, true)?;
+    fail_in(txn, task_id, kind, reason, reply_deadline_ms)
 }
 
 /// The body of [`Store::complete`].
@@ -797,7 +823,7 @@ fn finish_failed(txn: &Tx<'_>, task: &mut TaskRecord, now: u64) -> Result<(), St
 pub(super) mod tests {
     use std::sync::Arc;
 
-    use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+    use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
 
     use super::*;
 
@@ -870,16 +896,73 @@ pub(super) mod tests {
             assert_eq!(once_rows(&store), 1);
             let ended = match end {
                 "complete" => store
-                    .complete(&task.id, "done", b"{}", 1_000)
+                    .complete(&task.id, "done", b"{}", 1_000, &Default::default())
                     .wait()
                     .unwrap(),
                 _ => store
-                    .fail(&task.id, FailureKind::Error, "no", 1_000)
+                    .fail(
+                        &task.id,
+                        FailureKind::Error,
+                        "no",
+                        1_000,
+                        &Default::default(),
+                    )
                     .wait()
                     .unwrap(),
             };
             assert!(ended.status.is_final(), "{end}: {:?}", ended.status);
             assert_eq!(once_rows(&store), 0, "after {end}");
         }
+    }
+
+    /// A read whose audit record the writer could not store fails the activation's end
+    /// queued after it without waiting for it, even when the two are in one batch: the
+    /// task fails with the store's error as its reason, and nothing of its outcome is
+    /// stored. Here the record fails for real: the audit chain's last record is
+    /// unreadable, so no record can be chained to it.
+    #[test]
+    fn an_end_queued_behind_a_read_that_could_not_be_audited_fails_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .hand_off(work(OPERATOR, None, "a", None))
+                .wait()
+                .unwrap()
+                .unwrap();
+            let only_a: Pick = Arc::new(|t, _, _| (t == "a").then(|| t.to_string()));
+            store.claim_ready(1, only_a).wait().unwrap().pop().unwrap()
+        };
+        {
+            let db = redb::Database::open(dir.path().join(super::super::STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut audit = txn.open_table(super::super::AUDIT).unwrap();
+                let last = audit.last().unwrap().unwrap().0.value();
+                audit.insert(last, "not a record").unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.set_commit_policy(crate::store::CommitPolicy::Group);
+        let reads = Arc::new(ReadAudits::default());
+        let release = crate::store::commit::tests::hold_writer(&store);
+        store.audit_read("a", &task.id, "notes/a", Ok(1), &reads);
+        let ended = store.complete(&task.id, "done", b"{\"secret\":1}", 1_000, &reads);
+        crate::store::commit::tests::queued(&store, 2);
+        release();
+
+        let ended = ended.wait().unwrap();
+        assert_eq!(ended.status, Status::Failed, "{ended:?}");
+        let error = ended.error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("trap: the audit record of a read could not be stored: ")
+                && error.contains("audit"),
+            "{error}"
+        );
+        // What the failure left is the failure's record, not the outcome.
+        assert_eq!(ended.outcome_key, Some(format!("failures/{}", task.id)));
+        assert_eq!(store.keys("output/a/").unwrap(), Vec::<String>::new());
+        assert_eq!(store.task(&task.id).unwrap().unwrap(), ended);
     }
 }

@@ -388,8 +388,18 @@ mod tests {
             assert_eq!(again.first().map(|t| &t.id), Some(&task.id));
 
             match end {
-                "complete" => store.complete(&task.id, "done", b"{}", 1_000).wait(),
-                _ => store.fail(&task.id, FailureKind::Error, "no", 1_000).wait(),
+                "complete" => store
+                    .complete(&task.id, "done", b"{}", 1_000, &Default::default())
+                    .wait(),
+                _ => store
+                    .fail(
+                        &task.id,
+                        FailureKind::Error,
+                        "no",
+                        1_000,
+                        &Default::default(),
+                    )
+                    .wait(),
             }
             .unwrap();
             let meta = store.stream(&key).unwrap().unwrap();
