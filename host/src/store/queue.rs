@@ -916,12 +916,23 @@ pub(super) mod tests {
     }
 
     /// A read whose audit record the writer could not store fails the activation's end
-    /// queued after it without waiting for it, even when the two are in one batch: the
-    /// task fails with the store's error as its reason, and nothing of its outcome is
-    /// stored. Here the record fails for real: the audit chain's last record is
-    /// unreadable, so no record can be chained to it.
+    /// queued after it without waiting for it: the task fails with the store's error as
+    /// its reason, and nothing the activation produced (an outcome, or the agent's own
+    /// account of its failure) is stored. Under group commit the record and the end are
+    /// in one batch; under immediate commits the record fails first, alone. Here the
+    /// record fails for real: the audit chain's last record is unreadable, so no record
+    /// can be chained to it.
     #[test]
     fn an_end_queued_behind_a_read_that_could_not_be_audited_fails_the_task() {
+        use crate::store::CommitPolicy;
+        for policy in [CommitPolicy::Group, CommitPolicy::Immediate] {
+            for end in ["complete", "fail"] {
+                unaudited_read_then(policy, end);
+            }
+        }
+    }
+
+    fn unaudited_read_then(policy: crate::store::CommitPolicy, end: &str) {
         let dir = tempfile::tempdir().unwrap();
         let task = {
             let store = Store::open(dir.path()).unwrap();
@@ -944,25 +955,38 @@ pub(super) mod tests {
             txn.commit().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        store.set_commit_policy(crate::store::CommitPolicy::Group);
+        store.set_commit_policy(policy);
         let reads = Arc::new(ReadAudits::default());
         let release = crate::store::commit::tests::hold_writer(&store);
         store.audit_read("a", &task.id, "notes/a", Ok(1), &reads);
-        let ended = store.complete(&task.id, "done", b"{\"secret\":1}", 1_000, &reads);
+        let ended = match end {
+            "complete" => store.complete(&task.id, "done", b"{\"secret\":1}", 1_000, &reads),
+            _ => store.fail(&task.id, FailureKind::Error, "secret", 1_000, &reads),
+        };
         crate::store::commit::tests::queued(&store, 2);
         release();
 
         let ended = ended.wait().unwrap();
-        assert_eq!(ended.status, Status::Failed, "{ended:?}");
+        let case = format!("{policy:?}, {end}: {ended:?}");
+        assert_eq!(ended.status, Status::Failed, "{case}");
         let error = ended.error.as_deref().unwrap_or_default();
         assert!(
             error.starts_with("trap: the audit record of a read could not be stored: ")
-                && error.contains("audit"),
-            "{error}"
+                && error.contains("audit")
+                && !error.contains("secret"),
+            "{case}"
         );
         // What the failure left is the failure's record, not the outcome.
-        assert_eq!(ended.outcome_key, Some(format!("failures/{}", task.id)));
-        assert_eq!(store.keys("output/a/").unwrap(), Vec::<String>::new());
-        assert_eq!(store.task(&task.id).unwrap().unwrap(), ended);
+        assert_eq!(
+            ended.outcome_key,
+            Some(format!("failures/{}", task.id)),
+            "{case}"
+        );
+        assert_eq!(
+            store.keys("output/a/").unwrap(),
+            Vec::<String>::new(),
+            "{case}"
+        );
+        assert_eq!(store.task(&task.id).unwrap().unwrap(), ended, "{case}");
     }
 }
