@@ -857,6 +857,15 @@ pub(super) mod tests {
         }
     }
 
+    /// End running task `id` as `end` says: `complete`, or else `fail`, with no read
+    /// left unaudited.
+    pub(in crate::store) fn end_task(store: &Store, id: &str, end: &str) -> Queued<TaskRecord> {
+        match end {
+            "complete" => store.complete(id, "done", b"{}", 1_000, &Default::default()),
+            _ => store.fail(id, FailureKind::Error, "no", 1_000, &Default::default()),
+        }
+    }
+
     fn once_rows(store: &Store) -> u64 {
         let txn = store.db.begin_read().unwrap();
         txn.open_table(HANDOFF_ONCE).unwrap().len().unwrap()
@@ -894,22 +903,7 @@ pub(super) mod tests {
                 .unwrap();
             assert!(again.replayed && again.task == first.task);
             assert_eq!(once_rows(&store), 1);
-            let ended = match end {
-                "complete" => store
-                    .complete(&task.id, "done", b"{}", 1_000, &Default::default())
-                    .wait()
-                    .unwrap(),
-                _ => store
-                    .fail(
-                        &task.id,
-                        FailureKind::Error,
-                        "no",
-                        1_000,
-                        &Default::default(),
-                    )
-                    .wait()
-                    .unwrap(),
-            };
+            let ended = end_task(&store, &task.id, end).wait().unwrap();
             assert!(ended.status.is_final(), "{end}: {:?}", ended.status);
             assert_eq!(once_rows(&store), 0, "after {end}");
         }

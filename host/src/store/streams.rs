@@ -235,7 +235,7 @@ mod tests {
 
     use super::*;
     use crate::manifest::OPERATOR;
-    use crate::store::queue::tests::work;
+    use crate::store::queue::tests::{end_task, work};
     use crate::store::{NewHandoff, Pick};
 
     /// A store with one running task of agent `w`, which opened an empty stream to `r`
@@ -387,21 +387,7 @@ mod tests {
             let again = store.claim_ready(1, only_w).wait().unwrap();
             assert_eq!(again.first().map(|t| &t.id), Some(&task.id));
 
-            match end {
-                "complete" => store
-                    .complete(&task.id, "done", b"{}", 1_000, &Default::default())
-                    .wait(),
-                _ => store
-                    .fail(
-                        &task.id,
-                        FailureKind::Error,
-                        "no",
-                        1_000,
-                        &Default::default(),
-                    )
-                    .wait(),
-            }
-            .unwrap();
+            end_task(&store, &task.id, end).wait().unwrap();
             let meta = store.stream(&key).unwrap().unwrap();
             assert!(meta.closed && meta.chunks == 0, "{end}: {meta:?}");
             assert_eq!(
