@@ -857,6 +857,26 @@ pub(super) mod tests {
         }
     }
 
+    /// A pick that gives each task for `agent` to it, and no other task.
+    pub(in crate::store) fn only(agent: &'static str) -> Pick {
+        Arc::new(move |t, _, _| (t == agent).then(|| t.to_string()))
+    }
+
+    /// Hand work from the operator to `agent` and claim it: the task, running.
+    pub(in crate::store) fn running(store: &Store, agent: &'static str) -> TaskRecord {
+        store
+            .hand_off(work(OPERATOR, None, agent, None))
+            .wait()
+            .unwrap()
+            .unwrap();
+        store
+            .claim_ready(1, only(agent))
+            .wait()
+            .unwrap()
+            .pop()
+            .unwrap()
+    }
+
     /// End running task `id` as `end` says: `complete`, or else `fail`, with no read
     /// left unaudited.
     pub(in crate::store) fn end_task(store: &Store, id: &str, end: &str) -> Queued<TaskRecord> {
@@ -877,7 +897,7 @@ pub(super) mod tests {
     fn a_finished_task_forgets_which_handoffs_it_made() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let only_a: Pick = Arc::new(|t, _, _| (t == "a").then(|| t.to_string()));
+        let only_a = only("a");
         for end in ["complete", "fail"] {
             let root = store
                 .hand_off(work(OPERATOR, None, "a", None))
@@ -928,16 +948,7 @@ pub(super) mod tests {
 
     fn unaudited_read_then(policy: crate::store::CommitPolicy, end: &str) {
         let dir = tempfile::tempdir().unwrap();
-        let task = {
-            let store = Store::open(dir.path()).unwrap();
-            store
-                .hand_off(work(OPERATOR, None, "a", None))
-                .wait()
-                .unwrap()
-                .unwrap();
-            let only_a: Pick = Arc::new(|t, _, _| (t == "a").then(|| t.to_string()));
-            store.claim_ready(1, only_a).wait().unwrap().pop().unwrap()
-        };
+        let task = running(&Store::open(dir.path()).unwrap(), "a");
         {
             let db = redb::Database::open(dir.path().join(super::super::STORE_FILE)).unwrap();
             let txn = db.begin_write().unwrap();

@@ -231,23 +231,14 @@ fn wake_reader(txn: &Tx<'_>, meta: &StreamMeta) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::manifest::OPERATOR;
-    use crate::store::queue::tests::{end_task, work};
-    use crate::store::{NewHandoff, Pick};
+    use crate::store::NewHandoff;
+    use crate::store::queue::tests::{end_task, only, running, work};
 
     /// A store with one running task of agent `w`, which opened an empty stream to `r`
     /// as its first hand-off: the task, and the writer of that stream.
     fn writing(store: &Store) -> (TaskRecord, StreamWriter) {
-        store
-            .hand_off(work(OPERATOR, None, "w", None))
-            .wait()
-            .unwrap()
-            .unwrap();
-        let only_w: Pick = Arc::new(|t, _, _| (t == "w").then(|| t.to_string()));
-        let task = store.claim_ready(1, only_w).wait().unwrap().pop().unwrap();
+        let task = running(store, "w");
         let opened = store
             .hand_off(NewHandoff {
                 pattern: Pattern::Stream,
@@ -383,8 +374,7 @@ mod tests {
             // The host dies: the running task is delivered again, and the stream waits.
             assert_eq!(store.recover().wait().unwrap(), 1);
             assert!(!store.stream(&key).unwrap().unwrap().closed, "{end}");
-            let only_w: Pick = Arc::new(|t, _, _| (t == "w").then(|| t.to_string()));
-            let again = store.claim_ready(1, only_w).wait().unwrap();
+            let again = store.claim_ready(1, only("w")).wait().unwrap();
             assert_eq!(again.first().map(|t| &t.id), Some(&task.id));
 
             end_task(&store, &task.id, end).wait().unwrap();
