@@ -72,3 +72,115 @@ async fn every_write_to_a_key_is_kept_as_a_version() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].writer, "operator");
 }
+
+/// What a store holds, as its readers see it: the chain's report, and every version of
+/// every key on the blackboard with its provenance.
+fn seen(store: &Store, task: &str) -> (serde_json::Value, Vec<Vec<baton::EntryRecord>>) {
+    let report = Report::for_task(store, task).unwrap().unwrap();
+    let keys = store.keys("").unwrap();
+    let history = keys.iter().map(|k| store.history(k).unwrap()).collect();
+    (serde_json::to_value(report).unwrap(), history)
+}
+
+/// Guarantee: a store written before a blackboard version became one row (its metadata
+/// and value had a row each, in `bb_meta` and `bb_values`, and every key a head row) and
+/// before a handoff and the task it made shared a chain row reads back the same, and
+/// takes new work beside it.
+/// The test writes the old layout into redb itself, by the tables' names on disk.
+#[tokio::test]
+async fn a_store_in_the_earlier_layout_reads_back_the_same() {
+    use redb::{ReadableTable, TableDefinition};
+    const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_entries");
+    const VALUES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_values");
+    const META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_meta");
+    const HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
+    const CHAIN: TableDefinition<(&str, u64), &str> = TableDefinition::new("chain");
+
+    let state = tempfile::tempdir().unwrap();
+    let before = {
+        let host = Host::load(&research_mesh(), state.path()).unwrap();
+        run(&host, "researcher", Some(json!({ "topic": "ice" })), vec![]).await
+    };
+    let store = Store::open(state.path()).unwrap();
+    let expected = seen(&store, &before.task);
+    drop(store);
+
+    let db = redb::Database::open(state.path().join(baton::store::STORE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut entries = txn.open_table(ENTRIES).unwrap();
+        let (mut values, mut meta) = (
+            txn.open_table(VALUES).unwrap(),
+            txn.open_table(META).unwrap(),
+        );
+        let rows: Vec<((String, u64), Vec<u8>)> = entries
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (key, version) = k.value();
+                ((key.to_string(), version), v.value().to_vec())
+            })
+            .collect();
+        assert!(!rows.is_empty(), "the run wrote no blackboard entry");
+        let mut head = txn.open_table(HEAD).unwrap();
+        for ((key, version), row) in rows {
+            // Every key had a head row then, its newest version.
+            let newest = head.get(key.as_str()).unwrap().map_or(0, |v| v.value());
+            head.insert(key.as_str(), newest.max(version)).unwrap();
+            let len = u32::from_le_bytes(row[..4].try_into().unwrap()) as usize;
+            let text = std::str::from_utf8(&row[4..4 + len]).unwrap();
+            meta.insert((key.as_str(), version), text).unwrap();
+            values
+                .insert((key.as_str(), version), &row[4 + len..])
+                .unwrap();
+            entries.remove((key.as_str(), version)).unwrap();
+        }
+        let mut chain = txn.open_table(CHAIN).unwrap();
+        let rows: Vec<((String, u64), String)> = chain
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (root, seq) = k.value();
+                ((root.to_string(), seq), v.value().to_string())
+            })
+            .collect();
+        assert!(rows.iter().any(|(_, v)| v.lines().count() == 2));
+        chain.retain(|_, _| false).unwrap();
+        // A row a line, numbered apart so that they keep their order.
+        for ((root, seq), v) in rows {
+            for (n, line) in v.lines().enumerate() {
+                chain
+                    .insert((root.as_str(), seq * 2 + n as u64), line)
+                    .unwrap();
+            }
+        }
+    }
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = Store::open(state.path()).unwrap();
+    assert_eq!(seen(&store, &before.task), expected);
+    drop(store);
+
+    // New work goes in beside it, in the new layout, and the old chain still reads.
+    let host = Host::load(&research_mesh(), state.path()).unwrap();
+    let next = run(
+        &host,
+        "researcher",
+        Some(json!({ "topic": "fire" })),
+        vec![],
+    )
+    .await;
+    assert_eq!((next.status.as_str(), next.tasks.len()), ("completed", 2));
+    assert_eq!(
+        serde_json::to_value(
+            Report::for_task(host.store(), &before.task)
+                .unwrap()
+                .unwrap()
+        )
+        .unwrap(),
+        expected.0
+    );
+}

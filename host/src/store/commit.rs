@@ -1535,7 +1535,7 @@ pub(super) mod tests {
 
     /// What the redb file of a stopped store in `dir` holds of the state kept in memory:
     /// rows of the wake queue, the inboxes, the running tasks, the grants and the
-    /// blackboard's keys, and each task's status, in task order.
+    /// blackboard's entries, and each task's status, in task order.
     fn in_redb(dir: &std::path::Path) -> ([u64; 5], Vec<crate::store::Status>) {
         use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
         let db = redb::Database::open(dir.join(crate::store::STORE_FILE)).unwrap();
@@ -1548,7 +1548,7 @@ pub(super) mod tests {
                 .len()
                 .unwrap(),
             txn.open_table(crate::store::GRANTS).unwrap().len().unwrap(),
-            txn.open_table(crate::store::BB_HEAD)
+            txn.open_table(crate::store::BB_ENTRIES)
                 .unwrap()
                 .len()
                 .unwrap(),
@@ -1600,7 +1600,7 @@ pub(super) mod tests {
                 [3, 3, 2, 3, 7],
                 vec![Completed, Running, Running, Pending, Pending, Pending]
             ),
-            "redb's wake queue, inboxes, running tasks, grants, keys and tasks after the stop"
+            "redb's wake queue, inboxes, running tasks, grants, entries and tasks after the stop"
         );
 
         let store = Store::open(dir.path()).unwrap();

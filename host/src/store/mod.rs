@@ -39,6 +39,7 @@ pub mod records;
 mod streams;
 mod wal;
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,8 +67,17 @@ pub use wal::{WAL_FILE, WAL_FILES};
 /// The file inside the state directory.
 pub const STORE_FILE: &str = "store.redb";
 
+/// (key, version) → the entry: its [`EntryMeta`]'s length (`u32`, little-endian), that
+/// metadata as JSON, then the value's bytes. One row per version, where there were two.
+const BB_ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_entries");
+/// Versions written before `bb_entries`, as value and metadata apart: read where a
+/// version is not in `bb_entries`, and never written now. A store is not rewritten to
+/// move them (see `Reader::entry`).
 const BB_VALUES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_values");
 const BB_META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_meta");
+/// key → its newest version, once it has a second. A key written once, as most are (a
+/// handoff's data and outcome each get a key of their own), has no row here: its version
+/// 1 in `bb_entries` says it exists. A store written before holds a row for every key.
 const BB_HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
 const HANDOFFS: TableDefinition<&str, &str> = TableDefinition::new("handoffs");
@@ -83,7 +93,9 @@ const INBOX: TableDefinition<(&str, u64), &str> = TableDefinition::new("inbox");
 const READY: TableDefinition<u64, &str> = TableDefinition::new("ready");
 /// task id → (): claimed by an activation that has not finished; redelivered on restart.
 const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
-/// (root task, seq) → `t:<task>` or `h:<handoff>`: everything in one chain, in order.
+/// (root task, seq) → `h:<handoff>` and `t:<task>`, a line each (a handoff and the task
+/// it made; a store written before holds them in a row each): everything in one chain,
+/// in order.
 const CHAIN: TableDefinition<(&str, u64), &str> = TableDefinition::new("chain");
 /// (agent, key): keys an agent may read because a task delivered to it points there.
 const GRANTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("grants");
@@ -106,6 +118,7 @@ const CACHE: usize = 64 << 20;
 macro_rules! every_table {
     ($m:ident) => {
         $m!(
+            BB_ENTRIES,
             BB_VALUES,
             BB_META,
             BB_HEAD,
@@ -390,13 +403,17 @@ impl Store {
 
     /// Every key on the blackboard that starts with `prefix`, in order.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        // Those kept in memory first: a key that leaves them for redb meanwhile is then
-        // in the transaction begun after.
+        // Every key has a version 1 in `bb_entries`, or, written before that table, a
+        // head row. Those kept in memory first: a key that leaves them for redb
+        // meanwhile is then in the transaction begun after.
+        fn entry_key(k: &[u8]) -> &str {
+            <(&str, u64)>::from_bytes(k).0
+        }
         let mut keys: std::collections::BTreeSet<String> = self
             .recent
-            .rows(BB_HEAD.name(), |k| k.starts_with(prefix.as_bytes()))
+            .rows(BB_ENTRIES.name(), |k| entry_key(k).starts_with(prefix))
             .into_iter()
-            .filter_map(|(k, _)| String::from_utf8(k).ok())
+            .map(|(k, _)| entry_key(&k).to_string())
             .collect();
         let txn = self.db.begin_read()?;
         let head = txn.open_table(BB_HEAD)?;
@@ -407,6 +424,24 @@ impl Store {
                 break;
             }
             keys.insert(k.to_string());
+        }
+        // One look per key, past all its versions to the next key's first.
+        let entries = txn.open_table(BB_ENTRIES)?;
+        let mut last: Option<String> = None;
+        loop {
+            let from = match &last {
+                Some(k) => Bound::Excluded((k.as_str(), u64::MAX)),
+                None => Bound::Included((prefix, 0)),
+            };
+            let Some(row) = entries.range((from, Bound::Unbounded))?.next() else {
+                break;
+            };
+            let key = row?.0.value().0.to_string();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            keys.insert(key.clone());
+            last = Some(key);
         }
         Ok(keys.into_iter().collect())
     }
@@ -469,7 +504,9 @@ impl Store {
             rows.insert(k.value().1, v.value().to_string());
         }
         let mut out = Chain::default();
-        for v in rows.into_values() {
+        // A row holds a handoff and the task it made, a line each; a store written
+        // before that holds them in a row each.
+        for v in rows.values().flat_map(|row| row.lines()) {
             match v.split_once(':') {
                 Some(("t", id)) => out.tasks.push(
                     reader
@@ -587,9 +624,31 @@ impl<'s> Reader<'s> {
         }
     }
 
-    /// The newest version of `key`.
+    /// The newest version of `key`: its head row, else 1 if it has a version 1 (see
+    /// `BB_HEAD`).
     fn head(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.get(BB_HEAD, &key)?.map(|v| u64::from_bytes(&v)))
+        let first = <(&str, u64)>::as_bytes(&(key, 1));
+        loop {
+            // Both looked for in memory before either in redb: a version 1 kept there
+            // means no checkpoint has written it, so none has written a head row since
+            // either, and a key written once costs no read of redb.
+            let (head, generation) = self.recent.get(BB_HEAD.name(), key.as_bytes());
+            if let Some(v) = head {
+                return Ok(Some(u64::from_bytes(&v)));
+            }
+            let (kept, again) = self.recent.get(BB_ENTRIES.name(), first.as_ref());
+            if again != generation {
+                continue; // a checkpoint moved rows to redb between the two looks
+            }
+            if kept.is_some() {
+                return Ok(Some(1));
+            }
+            if let Some(v) = self.table_at(BB_HEAD, generation)?.get(key)? {
+                return Ok(Some(v.value()));
+            }
+            let entries = self.table_at(BB_ENTRIES, generation)?;
+            return Ok(entries.get((key, 1))?.map(|_| 1));
+        }
     }
 
     /// One version of `key` (the newest when `version` is `None`).
@@ -605,9 +664,14 @@ impl<'s> Reader<'s> {
                 None => return Ok(None),
             },
         };
-        let meta = self.get(BB_META, &(key, version))?;
+        if let Some(row) = self.get(BB_ENTRIES, &(key, version))? {
+            return entry(key, version, &row).map(Some);
+        }
+        let Some(meta) = self.get(BB_META, &(key, version))? else {
+            return Ok(None);
+        };
         let value = self.get(BB_VALUES, &(key, version))?;
-        entry(key, version, meta.as_deref(), value.as_deref())
+        legacy_entry(key, version, &meta, value.as_deref()).map(Some)
     }
 }
 
@@ -702,47 +766,73 @@ fn pending(
         .count() as u64
 }
 
-/// Version `version` of `key`, from the bytes of its metadata and its value (`None`
-/// when there is no such version).
-fn entry(
+/// Version `version` of `key`, from its row of `bb_entries`.
+fn entry(key: &str, version: u64, row: &[u8]) -> Result<EntryRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("{key} v{version}"), "entry row cut short".into());
+    let (len, rest) = row.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let (meta, value) = rest.split_at_checked(len).ok_or_else(corrupt)?;
+    legacy_entry(key, version, meta, Some(value))
+}
+
+/// Version `version` of `key`, from the bytes of its metadata and its value.
+fn legacy_entry(
     key: &str,
     version: u64,
-    meta: Option<&[u8]>,
+    meta: &[u8],
     value: Option<&[u8]>,
-) -> Result<Option<EntryRecord>, StoreError> {
-    let Some(meta) = meta else {
-        return Ok(None);
-    };
+) -> Result<EntryRecord, StoreError> {
     let meta: EntryMeta = decode_bytes(key, meta)?;
-    Ok(Some(EntryRecord {
+    Ok(EntryRecord {
         key: key.to_string(),
         version,
         writer: meta.writer,
         sha256: meta.sha256,
         written_at: meta.written_at,
         value: value.map(<[u8]>::to_vec).unwrap_or_default(),
-    }))
+    })
 }
 
 /// Version `version` of `key`, as the writer's transaction `txn` sees it.
 fn entry_in(txn: &Tx<'_>, key: &str, version: u64) -> Result<Option<EntryRecord>, StoreError> {
-    let meta = txn.get(BB_META, (key, version))?;
+    if let Some(row) = txn.get(BB_ENTRIES, (key, version))? {
+        return entry(key, version, &row).map(Some);
+    }
+    let Some(meta) = txn.get(BB_META, (key, version))? else {
+        return Ok(None);
+    };
     let value = txn.get(BB_VALUES, (key, version))?;
-    entry(key, version, meta.as_deref(), value.as_deref())
+    legacy_entry(key, version, &meta, value.as_deref()).map(Some)
 }
 
 /// Append a version of `key` written by `writer`.
 fn put(txn: &Tx<'_>, key: &str, writer: &str, value: &[u8], now: u64) -> Result<u64, StoreError> {
-    let version = txn.get(BB_HEAD, key)?.map_or(0, |v| u64::from_bytes(&v)) + 1;
-    txn.put(BB_HEAD, key, version)?;
+    // A key without a version 1 is new, unless the store is of the earlier layout,
+    // which had no `bb_entries`: one look for a new key, the most common write.
+    let first = txn.get(BB_ENTRIES, (key, 1))?;
+    let version = if first.is_none() && !txn.legacy_entries()? {
+        1
+    } else {
+        match txn.get(BB_HEAD, key)? {
+            Some(v) => u64::from_bytes(&v) + 1,
+            None => u64::from(first.is_some()) + 1,
+        }
+    };
+    // A head row only from the second version on (see `BB_HEAD`).
+    if version > 1 {
+        txn.put(BB_HEAD, key, version)?;
+    }
     let meta = EntryMeta {
         writer: writer.to_string(),
         sha256: hex(&Sha256::digest(value)),
         written_at: now,
     };
-    let meta = serde_json::to_string(&meta).expect("entry metadata serializes");
-    txn.put(BB_META, (key, version), meta.as_str())?;
-    txn.put(BB_VALUES, (key, version), value)?;
+    let meta = serde_json::to_vec(&meta).expect("entry metadata serializes");
+    let mut row = Vec::with_capacity(4 + meta.len() + value.len());
+    row.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    row.extend_from_slice(&meta);
+    row.extend_from_slice(value);
+    txn.put(BB_ENTRIES, (key, version), row.as_slice())?;
     Ok(version)
 }
 
@@ -830,4 +920,31 @@ fn decode_bytes<T: for<'de> Deserialize<'de>>(id: &str, json: &[u8]) -> Result<T
 
 fn decode<T: for<'de> Deserialize<'de>>(id: &str, json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blackboard row reads back as written; cut short, it is refused with the key and
+    /// version it belongs to, not read as a shorter value.
+    #[test]
+    fn an_entry_row_cut_short_is_refused_naming_its_key() {
+        let meta = br#"{"writer":"researcher","sha256":"00","written_at":7}"#;
+        let mut row = (meta.len() as u32).to_le_bytes().to_vec();
+        row.extend_from_slice(meta);
+        row.extend_from_slice(b"the value");
+        let read = entry("notes/k", 3, &row).unwrap();
+        assert_eq!(
+            (read.writer.as_str(), read.written_at, &read.value[..]),
+            ("researcher", 7, &b"the value"[..])
+        );
+        for cut in [2, 4 + meta.len() - 1] {
+            let err = entry("notes/k", 3, &row[..cut]).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "store: damaged record `notes/k v3`: entry row cut short"
+            );
+        }
+    }
 }

@@ -576,15 +576,11 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
     } else {
         make_ready(txn, &task)?;
     }
+    // One row for the handoff and the task it made, a line each (see `Store::chain`).
     txn.put(
         CHAIN,
         (root.as_str(), next(txn, "seq")?),
-        format!("h:{hid}").as_str(),
-    )?;
-    txn.put(
-        CHAIN,
-        (root.as_str(), next(txn, "seq")?),
-        format!("t:{tid}").as_str(),
+        format!("h:{hid}\nt:{tid}").as_str(),
     )?;
     Ok(Ok(Committed {
         handoff,

@@ -35,16 +35,14 @@ use bytes::BytesMut;
 use foldhash::HashMap;
 use redb::{Key, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::{
-    AUDIT, BB_HEAD, BB_META, BB_VALUES, CHAIN, COUNTERS, GRANTS, HANDOFFS, StoreError, TASKS,
-};
+use super::{AUDIT, BB_ENTRIES, BB_HEAD, CHAIN, COUNTERS, GRANTS, HANDOFFS, StoreError, TASKS};
 
 /// A row's bytes, shared by the writer's transaction, this and its readers. The writer
 /// copies the rows it writes into shared chunks (see [`Staged::put`]).
 pub(super) type Bytes = bytes::Bytes;
 
 /// How many tables keep rows here.
-const KEPT: usize = 9;
+const KEPT: usize = 8;
 
 /// Rows of each table kept here, by the bytes of their keys. Hashed with foldhash (seeded
 /// at random, as std's SipHash is), not SipHash: the writer hashes every row it writes
@@ -60,8 +58,7 @@ pub(super) fn slot(name: &str) -> Option<usize> {
         TASKS.name(), // TASKS_SLOT
         HANDOFFS.name(),
         GRANTS.name(),
-        BB_VALUES.name(),
-        BB_META.name(),
+        BB_ENTRIES.name(),
         BB_HEAD.name(),
         CHAIN.name(),
         AUDIT.name(),
@@ -208,8 +205,7 @@ pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreEr
         tasks,
         handoffs,
         grants,
-        values,
-        meta,
+        entries,
         head,
         chain,
         audit,
@@ -218,8 +214,7 @@ pub(super) fn write(txn: &WriteTransaction, rows: &Tables) -> Result<(), StoreEr
     save(txn, TASKS, tasks)?;
     save(txn, HANDOFFS, handoffs)?;
     save(txn, GRANTS, grants)?;
-    save(txn, BB_VALUES, values)?;
-    save(txn, BB_META, meta)?;
+    save(txn, BB_ENTRIES, entries)?;
     save(txn, BB_HEAD, head)?;
     save(txn, CHAIN, chain)?;
     save(txn, AUDIT, audit)?;
@@ -314,7 +309,7 @@ mod tests {
     #[test]
     fn rows_copied_into_chunks_read_back_as_written() {
         let recent = Recent::default();
-        let values = slot(BB_VALUES.name()).unwrap();
+        let values = slot(BB_ENTRIES.name()).unwrap();
         let row = |i: usize| -> (Vec<u8>, Vec<u8>) {
             let len = if i == 7 { CHUNK } else { 100 + i % 900 };
             (format!("key-{i}").into_bytes(), vec![(i % 251) as u8; len])
@@ -330,11 +325,11 @@ mod tests {
         }
         for i in 0..400 {
             let (key, value) = row(i);
-            let kept = recent.get(BB_VALUES.name(), &key).0.expect("row kept");
+            let kept = recent.get(BB_ENTRIES.name(), &key).0.expect("row kept");
             assert_eq!(&kept[..], value, "row {i}");
         }
         let mut keys: Vec<Vec<u8>> = recent
-            .rows(BB_VALUES.name(), |_| true)
+            .rows(BB_ENTRIES.name(), |_| true)
             .into_iter()
             .map(|(k, _)| k)
             .collect();

@@ -232,8 +232,8 @@ fn wake_reader(txn: &Tx<'_>, meta: &StreamMeta) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewHandoff;
     use crate::store::queue::tests::{end_task, only, running, work};
+    use crate::store::{CommitPolicy, NewHandoff};
 
     /// A store with one running task of agent `w`, which opened an empty stream to `r`
     /// as its first hand-off: the task, and the writer of that stream.
@@ -314,6 +314,95 @@ mod tests {
         );
         let meta = store.stream(&key).unwrap().unwrap();
         assert_eq!((meta.chunks, meta.closed), (3, true));
+    }
+
+    /// A key's versions go on whatever of them a checkpoint has moved to redb: a key
+    /// written once has no head row, so its second version must find the first in redb,
+    /// and readers then see the newest, under either commit policy.
+    #[test]
+    fn a_key_s_versions_go_on_once_the_first_is_in_redb() {
+        for policy in [CommitPolicy::Group, CommitPolicy::Immediate] {
+            let dir = tempfile::tempdir().unwrap();
+            let open = || {
+                let store = Store::open(dir.path()).unwrap();
+                store.set_commit_policy(policy);
+                store
+            };
+            let store = open();
+            let (_, by) = writing(&store);
+            let write = |store: &Store, written, chunk: &[u8]| {
+                let w = store.stream_write(&at(&by, written), chunk).wait();
+                w.unwrap().unwrap().version
+            };
+            assert_eq!(write(&store, 0, b"a"), 1);
+            let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
+            assert_eq!(store.read(&key, None).unwrap().unwrap().value, b"a");
+            drop(store); // closed: every row is in redb
+            let store = open();
+            assert_eq!(store.read(&key, None).unwrap().unwrap().value, b"a");
+            assert_eq!(store.keys(&key).unwrap(), vec![key.clone()]);
+            assert_eq!(write(&store, 1, b"b"), 2, "{policy:?}");
+            assert_eq!(store.read(&key, None).unwrap().unwrap().value, b"b");
+            drop(store);
+            let store = open();
+            assert_eq!(write(&store, 2, b"c"), 3, "{policy:?}");
+            assert_eq!(
+                chunks(&store, &by),
+                [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+            );
+            assert_eq!(store.read(&key, None).unwrap().unwrap().version, 3);
+            assert_eq!(store.keys(&key).unwrap(), vec![key.clone()]);
+        }
+    }
+
+    /// A key written before `bb_entries` (its version in `bb_meta` and `bb_values`, its
+    /// newest in `bb_head`) gets its next version after that one, and reads back whole.
+    #[test]
+    fn a_key_of_the_earlier_layout_gets_its_next_version() {
+        use crate::store::{BB_ENTRIES, BB_HEAD, BB_META, BB_VALUES, STORE_FILE};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, by) = writing(&store);
+        store
+            .stream_write(&at(&by, 0), b"a")
+            .wait()
+            .unwrap()
+            .unwrap();
+        let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
+        let before = store.read(&key, None).unwrap().unwrap();
+        drop(store);
+
+        let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut entries = txn.open_table(BB_ENTRIES).unwrap();
+            let row = entries.remove((key.as_str(), 1)).unwrap().unwrap();
+            let row = row.value();
+            let len = u32::from_le_bytes(row[..4].try_into().unwrap()) as usize;
+            let meta = std::str::from_utf8(&row[4..4 + len]).unwrap();
+            let mut table = txn.open_table(BB_META).unwrap();
+            table.insert((key.as_str(), 1), meta).unwrap();
+            let mut table = txn.open_table(BB_VALUES).unwrap();
+            table.insert((key.as_str(), 1), &row[4 + len..]).unwrap();
+            txn.open_table(BB_HEAD)
+                .unwrap()
+                .insert(key.as_str(), 1)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        drop(db);
+
+        let store = Store::open(dir.path()).unwrap();
+        store.set_commit_policy(CommitPolicy::Group);
+        assert_eq!(store.read(&key, None).unwrap().unwrap(), before);
+        let w = store
+            .stream_write(&at(&by, 1), b"b")
+            .wait()
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.version, 2);
+        assert_eq!(chunks(&store, &by), [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(store.keys(&key).unwrap(), vec![key.clone()]);
     }
 
     /// Only the task that opened a stream writes to it, whichever agent runs it; a write

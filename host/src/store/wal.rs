@@ -127,6 +127,9 @@ pub(super) struct Known {
     counters: Vec<Counter>,
     /// Task records as last written, decoded.
     tasks: Decoded,
+    /// Whether the store holds blackboard versions written before `bb_entries`, once
+    /// looked up: where it does not, a key without a version 1 there is new.
+    legacy_entries: Option<bool>,
     /// The last transaction's maps of staged rows, emptied and kept for their capacity:
     /// grown from empty in each transaction, they were rehashed several times in each,
     /// a twentieth of the writer's time.
@@ -406,6 +409,18 @@ impl<'a> Tx<'a> {
     /// Note the audit chain's new last record.
     pub(super) fn set_audit_head(&self, head: Head) {
         self.known.borrow_mut().audit_head = Some(head);
+    }
+
+    /// Whether the store holds blackboard versions in the layout before `bb_entries`,
+    /// which nothing writes now: looked up in redb once, then known.
+    pub(super) fn legacy_entries(&self) -> Result<bool, StoreError> {
+        if let Some(legacy) = self.known.borrow().legacy_entries {
+            return Ok(legacy);
+        }
+        let mut reader = self.reader.borrow_mut();
+        let legacy = redb::ReadableTable::first(reader.table(super::BB_META)?)?.is_some();
+        self.known.borrow_mut().legacy_entries = Some(legacy);
+        Ok(legacy)
     }
 
     /// The record of task `id` decoded from `bytes`, the row as this transaction reads
