@@ -595,14 +595,16 @@ fn audit_verify_exits_0_when_whole_and_1_naming_the_broken_record() {
         let db = redb::Database::open(state.join(baton::store::STORE_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
+            // In the row of the records its transaction appended, a line each.
             let mut t = txn.open_table(baton::store::AUDIT).unwrap();
-            let edited = t
-                .get(2)
-                .unwrap()
-                .unwrap()
-                .value()
-                .replace("researcher", "mallory");
-            t.insert(2, edited.as_str()).unwrap();
+            let (first, edited) = {
+                let (k, v) = t.range(..=2).unwrap().next_back().unwrap().unwrap();
+                let mut lines: Vec<String> = v.value().lines().map(str::to_string).collect();
+                let line = &mut lines[(2 - k.value()) as usize];
+                *line = line.replace("researcher", "mallory");
+                (k.value(), lines.join("\n"))
+            };
+            t.insert(first, edited.as_str()).unwrap();
         }
         txn.commit().unwrap();
     }

@@ -34,18 +34,35 @@ async fn audited_state() -> tempfile::TempDir {
     state
 }
 
-fn edit(state: &std::path::Path, seq: u64, change: impl FnOnce(&mut AuditRecord)) {
+/// Rewrite the records of the row that holds record `seq` behind the store's back: `change`
+/// gets them, a line each, and the place of record `seq` among them. A row holds the
+/// records one transaction appended (see `baton::store::AUDIT`); one left empty is removed.
+fn rewrite(state: &std::path::Path, seq: u64, change: impl FnOnce(&mut Vec<String>, usize)) {
     let db = Database::open(state.join(STORE_FILE)).unwrap();
     let txn = db.begin_write().unwrap();
     {
         let mut table = txn.open_table(AUDIT).unwrap();
-        let mut record: AuditRecord =
-            serde_json::from_str(table.get(seq).unwrap().unwrap().value()).unwrap();
-        change(&mut record);
-        let json = serde_json::to_string(&record).unwrap();
-        table.insert(seq, json.as_str()).unwrap();
+        let (first, mut lines) = {
+            let (k, v) = table.range(..=seq).unwrap().next_back().unwrap().unwrap();
+            let lines: Vec<String> = v.value().lines().map(str::to_string).collect();
+            (k.value(), lines)
+        };
+        change(&mut lines, (seq - first) as usize);
+        if lines.is_empty() {
+            table.remove(first).unwrap();
+        } else {
+            table.insert(first, lines.join("\n").as_str()).unwrap();
+        }
     }
     txn.commit().unwrap();
+}
+
+fn edit(state: &std::path::Path, seq: u64, change: impl FnOnce(&mut AuditRecord)) {
+    rewrite(state, seq, |lines, at| {
+        let mut record: AuditRecord = serde_json::from_str(&lines[at]).unwrap();
+        change(&mut record);
+        lines[at] = serde_json::to_string(&record).unwrap();
+    });
 }
 
 #[tokio::test]
@@ -110,18 +127,20 @@ async fn a_re_hashed_forgery_breaks_the_next_link() {
 #[tokio::test]
 async fn a_deleted_record_is_named() {
     let state = audited_state().await;
-    {
-        let db = Database::open(state.path().join(STORE_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(AUDIT).unwrap().remove(3).unwrap();
-        txn.commit().unwrap();
-    }
+    // Record 4 then takes its place, if it shared its row; else its row starts at 4.
+    let mut at = 4;
+    rewrite(state.path(), 3, |lines, i| {
+        lines.remove(i);
+        if i < lines.len() {
+            at = 3;
+        }
+    });
     let verdict = Store::open(state.path()).unwrap().audit_verify().unwrap();
     assert_eq!(
         verdict,
         AuditVerdict::Broken {
-            seq: 4,
-            reason: "expected record #3 here, found #4 stored at #4".into()
+            seq: at,
+            reason: format!("expected record #3 here, found #4 stored at #{at}")
         }
     );
 }

@@ -73,19 +73,31 @@ async fn every_write_to_a_key_is_kept_as_a_version() {
     assert_eq!(history[0].writer, "operator");
 }
 
-/// What a store holds, as its readers see it: the chain's report, and every version of
-/// every key on the blackboard with its provenance.
-fn seen(store: &Store, task: &str) -> (serde_json::Value, Vec<Vec<baton::EntryRecord>>) {
+/// What a store holds, as its readers see it: the chain's report, every version of every
+/// key on the blackboard with its provenance, and the audit log, which must be whole.
+type Seen = (
+    serde_json::Value,
+    Vec<Vec<baton::EntryRecord>>,
+    Vec<baton::store::AuditRecord>,
+);
+
+fn seen(store: &Store, task: &str) -> Seen {
     let report = Report::for_task(store, task).unwrap().unwrap();
     let keys = store.keys("").unwrap();
     let history = keys.iter().map(|k| store.history(k).unwrap()).collect();
-    (serde_json::to_value(report).unwrap(), history)
+    let audit = store.audit_log().unwrap();
+    let records = audit.len() as u64;
+    assert_eq!(
+        store.audit_verify().unwrap(),
+        baton::store::AuditVerdict::Whole { records }
+    );
+    (serde_json::to_value(report).unwrap(), history, audit)
 }
 
 /// Guarantee: a store written before a blackboard version became one row (its metadata
-/// and value had a row each, in `bb_meta` and `bb_values`, and every key a head row) and
-/// before a handoff and the task it made shared a chain row reads back the same, and
-/// takes new work beside it.
+/// and value had a row each, in `bb_meta` and `bb_values`, and every key a head row),
+/// before a handoff and the task it made shared a chain row, and before a transaction's
+/// audit records shared a row, reads back the same, and takes new work beside it.
 /// The test writes the old layout into redb itself, by the tables' names on disk.
 #[tokio::test]
 async fn a_store_in_the_earlier_layout_reads_back_the_same() {
@@ -95,6 +107,7 @@ async fn a_store_in_the_earlier_layout_reads_back_the_same() {
     const META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_meta");
     const HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
     const CHAIN: TableDefinition<(&str, u64), &str> = TableDefinition::new("chain");
+    const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
     let state = tempfile::tempdir().unwrap();
     let before = {
@@ -154,6 +167,22 @@ async fn a_store_in_the_earlier_layout_reads_back_the_same() {
                 chain
                     .insert((root.as_str(), seq * 2 + n as u64), line)
                     .unwrap();
+            }
+        }
+        // A row a record, at its number.
+        let mut audit = txn.open_table(AUDIT).unwrap();
+        let rows: Vec<(u64, String)> = audit
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value(), v.value().to_string())
+            })
+            .collect();
+        audit.retain(|_, _| false).unwrap();
+        for (first, records) in rows {
+            for (n, record) in records.lines().enumerate() {
+                audit.insert(first + n as u64, record).unwrap();
             }
         }
     }

@@ -94,13 +94,22 @@ fn digest(record: &AuditRecord) -> String {
     chain_hash(&record.prev, &body)
 }
 
+/// The records of the audit log's row at `first`, with their numbers: a line each, the
+/// first numbered `first`, the next one more. A transaction writes its records as one
+/// row (see `Tx::append_audit`); a store written before that holds a row for each.
+fn records(first: u64, row: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    (first..).zip(row.split(|b| *b == b'\n'))
+}
+
 /// Append `e` to the log inside `txn`.
 pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> {
     let head = match txn.audit_head() {
         Some(head) => head,
         None => match txn.last(AUDIT)? {
-            Some((seq, json)) => {
-                let last: AuditRecord = super::decode_bytes("audit", &json)?;
+            Some((first, row)) => {
+                // A row splits into one line at least, if an empty one.
+                let (seq, json) = records(first, &row).last().unwrap_or((first, &[]));
+                let last: AuditRecord = super::decode_bytes("audit", json)?;
                 Head {
                     seq,
                     hash: last.hash,
@@ -133,7 +142,7 @@ pub(super) fn append(txn: &Tx<'_>, e: AuditEvent<'_>) -> Result<(), StoreError> 
     let open = json.len() - "\"}".len();
     debug_assert_eq!(&json[open - "\"hash\":\"".len()..], "\"hash\":\"\"}");
     json.insert_str(open, &record.hash);
-    txn.put(AUDIT, seq, json.as_str())?;
+    txn.append_audit(seq, json);
     txn.set_audit_head(Head {
         seq,
         hash: record.hash,
@@ -248,13 +257,14 @@ impl Store {
     /// Every audit record, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StoreError> {
         let mut records = Vec::new();
-        let walked = self.each_audit_row(|_, json| match super::decode_bytes("audit", json) {
-            Ok(record) => {
-                records.push(record);
-                ControlFlow::Continue(())
-            }
-            Err(e) => ControlFlow::Break(e),
-        })?;
+        let walked =
+            self.each_audit_record(|_, json| match super::decode_bytes("audit", json) {
+                Ok(record) => {
+                    records.push(record);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => ControlFlow::Break(e),
+            })?;
         match walked {
             ControlFlow::Continue(()) => Ok(records),
             ControlFlow::Break(e) => Err(e),
@@ -262,9 +272,9 @@ impl Store {
     }
 
     /// Hand `each` every audit record's number and bytes, oldest first, until it breaks:
-    /// redb's, then those kept in memory after them (see `recent`). A record both hold,
+    /// redb's, then those kept in memory after them (see `recent`). A row both hold,
     /// moved to redb by a checkpoint meanwhile, is handed once.
-    fn each_audit_row<B>(
+    fn each_audit_record<B>(
         &self,
         mut each: impl FnMut(u64, &[u8]) -> ControlFlow<B>,
     ) -> Result<ControlFlow<B>, StoreError> {
@@ -282,13 +292,18 @@ impl Store {
         for row in txn.open_table(AUDIT)?.iter()? {
             let (k, v) = row?;
             last = k.value();
-            if let ControlFlow::Break(b) = each(last, v.value().as_bytes()) {
-                return Ok(ControlFlow::Break(b));
+            for (seq, json) in records(last, v.value().as_bytes()) {
+                if let ControlFlow::Break(b) = each(seq, json) {
+                    return Ok(ControlFlow::Break(b));
+                }
             }
         }
-        for (seq, json) in kept.iter().filter(|(seq, _)| *seq > last) {
-            if let ControlFlow::Break(b) = each(*seq, json) {
-                return Ok(ControlFlow::Break(b));
+        // Rows, not records, are what redb and memory may both hold.
+        for (first, row) in kept.iter().filter(|(first, _)| *first > last) {
+            for (seq, json) in records(*first, row) {
+                if let ControlFlow::Break(b) = each(seq, json) {
+                    return Ok(ControlFlow::Break(b));
+                }
             }
         }
         Ok(ControlFlow::Continue(()))
@@ -298,7 +313,7 @@ impl Store {
     pub fn audit_verify(&self) -> Result<AuditVerdict, StoreError> {
         let mut prev = GENESIS.to_string();
         let mut expected = 1;
-        let walked = self.each_audit_row(|seq, json| {
+        let walked = self.each_audit_record(|seq, json| {
             let broken = |reason: String| ControlFlow::Break(AuditVerdict::Broken { seq, reason });
             let record: AuditRecord = match serde_json::from_slice(json) {
                 Ok(r) => r,
@@ -333,5 +348,54 @@ impl Store {
                 records: expected - 1,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::STORE_FILE;
+    use crate::store::commit::tests::{group_store, handoff, hold_writer, queued};
+
+    /// The rows of the audit log in the redb file of the stopped store in `dir`: each
+    /// one's key and how many records it holds.
+    fn rows(dir: &std::path::Path) -> Vec<(u64, usize)> {
+        let db = redb::Database::open(dir.join(STORE_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(AUDIT).unwrap();
+        let rows = table.iter().unwrap().map(|row| {
+            let (k, v) = row.unwrap();
+            (k.value(), v.value().lines().count())
+        });
+        rows.collect()
+    }
+
+    /// The records a batch of writes appends share one row, written once, and read back
+    /// numbered in order as a whole chain with the rows before and after it, from memory
+    /// and, after a restart, from redb.
+    #[test]
+    fn a_batch_s_audit_records_share_one_row() {
+        let (dir, store) = group_store();
+        store.hand_off(handoff(0)).wait().unwrap().unwrap();
+        let release = hold_writer(&store);
+        let batch: Vec<_> = (1..5).map(|i| store.hand_off(handoff(i))).collect();
+        queued(&store, 4);
+        release();
+        for write in batch {
+            write.wait().unwrap().unwrap();
+        }
+        store.hand_off(handoff(5)).wait().unwrap().unwrap();
+        let whole = |store: &Store| {
+            let seqs: Vec<u64> = store.audit_log().unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+            assert_eq!(
+                store.audit_verify().unwrap(),
+                AuditVerdict::Whole { records: 6 }
+            );
+        };
+        whole(&store);
+        drop(store);
+        assert_eq!(rows(dir.path()), [(1, 1), (2, 4), (6, 1)]);
+        whole(&Store::open(dir.path()).unwrap());
     }
 }

@@ -996,7 +996,8 @@ pub(super) mod tests {
     use crate::store::wal::LogFile;
     use crate::store::{Kind, NewHandoff, Pattern, Store};
 
-    fn handoff(i: usize) -> NewHandoff {
+    /// The operator's blackboard handoff to `writer` of task `i`, with `{"n": i}`.
+    pub(in crate::store) fn handoff(i: usize) -> NewHandoff {
         NewHandoff {
             from: "operator".into(),
             parent: None,

@@ -104,7 +104,8 @@ const STREAMS: TableDefinition<&str, &str> = TableDefinition::new("streams");
 /// task id → [`Escalation`].
 const OPERATOR_INBOX: TableDefinition<&str, &str> = TableDefinition::new("operator_inbox");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// seq → [`AuditRecord`]: the hash-chained audit log.
+/// The hash-chained audit log: the number of a row's first [`AuditRecord`] → the
+/// records one transaction appended, a line of JSON each, numbered on from the first.
 pub const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 /// Bytes of redb's page cache, its write buffer included. redb's default, 1 GiB, is a

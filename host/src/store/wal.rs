@@ -93,6 +93,9 @@ pub(super) struct Tx<'a> {
     recent: &'a Arc<Recent>,
     /// Its rows of the tables `recent` keeps, kept there once it has committed.
     staged: RefCell<Staged>,
+    /// The audit records appended so far, as one row: the first's number and the
+    /// records, a line each. Written when the transaction [finishes](Tx::finish).
+    audit: RefCell<Option<(u64, String)>>,
 }
 
 /// A transaction's work, once [finished](Tx::finish): what to keep once it has committed.
@@ -167,6 +170,7 @@ impl<'a> Tx<'a> {
             undo: RefCell::new(Undo::new(queues.clone())),
             recent,
             staged: RefCell::new(staged),
+            audit: RefCell::new(None),
         }
     }
 
@@ -411,6 +415,20 @@ impl<'a> Tx<'a> {
         self.known.borrow_mut().audit_head = Some(head);
     }
 
+    /// Append audit record `seq`, as `json`, to the transaction's row of the audit log:
+    /// one row however many records it appends, written when it finishes. A batch of
+    /// writes appends dozens, and a row each was a fifth of the rows a checkpoint wrote.
+    pub(super) fn append_audit(&self, seq: u64, json: String) {
+        let mut row = self.audit.borrow_mut();
+        match &mut *row {
+            Some((_, records)) => {
+                records.push('\n');
+                records.push_str(&json);
+            }
+            None => *row = Some((seq, json)),
+        }
+    }
+
     /// Whether the store holds blackboard versions in the layout before `bb_entries`,
     /// which nothing writes now: looked up in redb once, then known.
     pub(super) fn legacy_entries(&self) -> Result<bool, StoreError> {
@@ -467,6 +485,9 @@ impl<'a> Tx<'a> {
     /// [`Done`] must be told once `txn` has committed; dropped, it takes the transaction's
     /// changes to the dispatch state back.
     pub(super) fn finish(self) -> Result<Done, StoreError> {
+        if let Some((first, records)) = self.audit.take() {
+            self.put(super::AUDIT, first, records.as_str())?;
+        }
         let mut known = self.known.take();
         for c in known.counters.iter_mut().filter(|c| c.changed) {
             self.put(super::COUNTERS, c.name, c.value)?;
