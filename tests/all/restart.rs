@@ -7,12 +7,17 @@ use serde_json::json;
 
 use crate::common::{research_mesh, run};
 
+/// Submit a research topic to `host`'s researcher and run the chain to its end.
+async fn research(host: &Host, topic: &str) -> Report {
+    run(host, "researcher", Some(json!({ "topic": topic })), vec![]).await
+}
+
 #[tokio::test]
 async fn trace_and_blackboard_survive_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let before = {
         let host = Host::load(&research_mesh(), state.path()).unwrap();
-        run(&host, "researcher", Some(json!({ "topic": "ice" })), vec![]).await
+        research(&host, "ice").await
     }; // the host, its engine and its store are dropped here
 
     // A bare store, as `baton trace` opens it, sees the same chain.
@@ -35,13 +40,7 @@ async fn trace_and_blackboard_survive_a_restart() {
 
     // A new host on the same state continues the numbering and keeps the old chain.
     let host = Host::load(&research_mesh(), state.path()).unwrap();
-    let next = run(
-        &host,
-        "researcher",
-        Some(json!({ "topic": "fire" })),
-        vec![],
-    )
-    .await;
+    let next = research(&host, "fire").await;
     assert_eq!(next.task, "t-3");
     assert_eq!(next.handoffs[0].id, "h-4");
     let old = Report::for_task(host.store(), &before.task)
@@ -55,7 +54,7 @@ async fn every_write_to_a_key_is_kept_as_a_version() {
     let state = tempfile::tempdir().unwrap();
     let host = Host::load(&research_mesh(), state.path()).unwrap();
     for topic in ["one", "two"] {
-        run(&host, "researcher", Some(json!({ "topic": topic })), vec![]).await;
+        research(&host, topic).await;
     }
     drop(host);
     // Keys are per handoff, so each holds one version; the operator namespace holds both inputs.
@@ -112,7 +111,7 @@ async fn a_store_in_the_earlier_layout_reads_back_the_same() {
     let state = tempfile::tempdir().unwrap();
     let before = {
         let host = Host::load(&research_mesh(), state.path()).unwrap();
-        run(&host, "researcher", Some(json!({ "topic": "ice" })), vec![]).await
+        research(&host, "ice").await
     };
     let store = Store::open(state.path()).unwrap();
     let expected = seen(&store, &before.task);
@@ -196,13 +195,7 @@ async fn a_store_in_the_earlier_layout_reads_back_the_same() {
     // New work goes in beside it, in the new layout; the old chain still reads, and
     // the audit log, old rows and new, is one whole chain.
     let host = Host::load(&research_mesh(), state.path()).unwrap();
-    let next = run(
-        &host,
-        "researcher",
-        Some(json!({ "topic": "fire" })),
-        vec![],
-    )
-    .await;
+    let next = research(&host, "fire").await;
     assert_eq!((next.status.as_str(), next.tasks.len()), ("completed", 2));
     drop(host);
     let (report, _, audit) = seen(&Store::open(state.path()).unwrap(), &before.task);

@@ -264,6 +264,12 @@ mod tests {
         }
     }
 
+    /// Write `chunk` at position `written` of `by`'s stream; the version it got.
+    fn version(store: &Store, by: &StreamWriter, written: u64, chunk: &[u8]) -> u64 {
+        let w = store.stream_write(&at(by, written), chunk).wait();
+        w.unwrap().unwrap().version
+    }
+
     fn chunks(store: &Store, by: &StreamWriter) -> Vec<Vec<u8>> {
         let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
         let history = store.history(&key).unwrap();
@@ -330,22 +336,18 @@ mod tests {
             };
             let store = open();
             let (_, by) = writing(&store);
-            let write = |store: &Store, written, chunk: &[u8]| {
-                let w = store.stream_write(&at(&by, written), chunk).wait();
-                w.unwrap().unwrap().version
-            };
-            assert_eq!(write(&store, 0, b"a"), 1);
+            assert_eq!(version(&store, &by, 0, b"a"), 1);
             let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
             assert_eq!(store.read(&key, None).unwrap().unwrap().value, b"a");
             drop(store); // closed: every row is in redb
             let store = open();
             assert_eq!(store.read(&key, None).unwrap().unwrap().value, b"a");
             assert_eq!(store.keys(&key).unwrap(), vec![key.clone()]);
-            assert_eq!(write(&store, 1, b"b"), 2, "{policy:?}");
+            assert_eq!(version(&store, &by, 1, b"b"), 2, "{policy:?}");
             assert_eq!(store.read(&key, None).unwrap().unwrap().value, b"b");
             drop(store);
             let store = open();
-            assert_eq!(write(&store, 2, b"c"), 3, "{policy:?}");
+            assert_eq!(version(&store, &by, 2, b"c"), 3, "{policy:?}");
             assert_eq!(
                 chunks(&store, &by),
                 [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
@@ -363,11 +365,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (_, by) = writing(&store);
-        store
-            .stream_write(&at(&by, 0), b"a")
-            .wait()
-            .unwrap()
-            .unwrap();
+        assert_eq!(version(&store, &by, 0, b"a"), 1);
         let key = store.handoff(&by.handoff).unwrap().unwrap().key.unwrap();
         let before = store.read(&key, None).unwrap().unwrap();
         drop(store);
@@ -395,12 +393,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.set_commit_policy(CommitPolicy::Group);
         assert_eq!(store.read(&key, None).unwrap().unwrap(), before);
-        let w = store
-            .stream_write(&at(&by, 1), b"b")
-            .wait()
-            .unwrap()
-            .unwrap();
-        assert_eq!(w.version, 2);
+        assert_eq!(version(&store, &by, 1, b"b"), 2);
         assert_eq!(chunks(&store, &by), [b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(store.keys(&key).unwrap(), vec![key.clone()]);
     }
