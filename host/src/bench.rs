@@ -446,7 +446,7 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
             "cpu_us_per_handoff": cpu,
             "rss_mib_after_handoffs": rss_mib_after_handoffs,
             "restart_after_kill": {
-                "what": "Store::open of the store above (every handoff of this run), its files copied as a kill leaves them: at once, and after the idle checkpoint; log_bytes counts both log files, frames redb already holds included",
+                "what": "Store::open of the store above (every handoff of this run), its files copied as a kill leaves them: at once, and after the idle checkpoint; log_bytes counts both log files, frames redb already holds and the zeros written ahead of the frames included",
                 "at_once": killed_busy,
                 "after_quiet": killed_quiet,
             },

@@ -993,7 +993,7 @@ pub(super) mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::CommitPolicy;
-    use crate::store::wal::LogFile;
+    use crate::store::wal::{self, LogFile};
     use crate::store::{Kind, NewHandoff, Pattern, Store};
 
     /// The operator's blackboard handoff to `writer` of task `i`, with `{"n": i}`.
@@ -1264,7 +1264,8 @@ pub(super) mod tests {
     }
 
     /// A frame the crash cut short ends the log: the write in it, never fsynced and so
-    /// never acknowledged, is gone, and every write before it is redone.
+    /// never acknowledged, is gone, and every write before it is redone. Its last bytes
+    /// are what the disk held there before: the zeros the log wrote ahead.
     #[test]
     fn a_frame_cut_short_by_a_crash_is_dropped_and_the_frames_before_it_are_redone() {
         let (dir, store) = group_store();
@@ -1274,13 +1275,13 @@ pub(super) mod tests {
         let killed = as_killed(dir.path(), true);
         drop(store);
         let wal = killed.path().join(crate::store::WAL_FILE);
-        let len = std::fs::metadata(&wal).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(len - 7)
-            .unwrap();
+        let mut bytes = std::fs::read(&wal).unwrap();
+        let (frames, end) = wal::frames(&bytes);
+        assert!(end < bytes.len(), "no zeros after the frames");
+        // The second half of the last frame never reached the disk.
+        let torn = end - frames.last().expect("frames").1.len() / 2;
+        bytes[torn..end].fill(0);
+        std::fs::write(&wal, &bytes).unwrap();
 
         let store = Store::open(killed.path()).unwrap();
         assert_kept(&store, &before, "after the kill");
@@ -1289,6 +1290,35 @@ pub(super) mod tests {
             "task {last}, whose frame was cut short, came back"
         );
         assert_eq!(store.inbox_depth("writer").unwrap(), 5);
+    }
+
+    /// The log writes zeros ahead of its frames, a step at a time, so that most of its
+    /// fsyncs find the file's blocks there already; a host killed with them there
+    /// keeps every acknowledged write and redoes nothing twice.
+    #[test]
+    fn the_log_writes_zeros_ahead_of_its_frames_and_a_kill_keeps_every_write() {
+        let (dir, store) = group_store();
+        let wal = dir.path().join(crate::store::WAL_FILE);
+        let mut tasks = Vec::new();
+        let mut sizes = std::collections::BTreeSet::new();
+        for i in 0..12 {
+            tasks.push(acknowledged(&store, i));
+            let bytes = std::fs::read(&wal).unwrap();
+            let (_, end) = wal::frames(&bytes);
+            assert!(
+                end < bytes.len() && (bytes.len() as u64).is_multiple_of(wal::RESERVE),
+                "after write {i}: frames end at {end} in a file of {}",
+                bytes.len()
+            );
+            assert!(bytes[end..].iter().all(|&b| b == 0), "after write {i}");
+            sizes.insert(bytes.len());
+        }
+        assert!(sizes.len() > 1, "the zeros ahead never grew: {sizes:?}");
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let store = Store::open(killed.path()).unwrap();
+        assert_kept(&store, &tasks, "after the kill");
+        assert_eq!(store.inbox_depth("writer").unwrap(), tasks.len() as u64);
     }
 
     /// A checkpoint runs on its own thread while the writer logs on to the log's other

@@ -20,6 +20,13 @@
 //! and so does a gap in the numbers: it was never fsynced, so nothing in it or after it
 //! was acknowledged.
 //!
+//! A file that grows costs more to fsync than one written over: each fsync that
+//! extends it also commits the file system's journal (the new blocks and the file's
+//! size). So the writer writes zeros ahead of its frames, [`RESERVE`] at a time, and
+//! the fsyncs between two such steps write data alone. The zeros end the log as a
+//! frame cut short does (their checksum does not match), and nothing is lost if they
+//! never reach the disk.
+//!
 //! Frame: `len: u32 | crc32(lsn, payload): u32 | lsn: u64 | payload`, little-endian.
 //! Payload: changes, each `op: u8 | table name: u8 len + bytes | key: u32 len + bytes`
 //! then, for an insert, `value: u32 len + bytes`.
@@ -50,6 +57,18 @@ pub const WAL_FILE: &str = WAL_FILES[0];
 
 /// The counter holding the number of the last frame the redb file holds.
 pub(super) const LSN_COUNTER: &str = "wal";
+
+/// Bytes of zeros the log writes ahead of its frames at a time (see the module's
+/// header). On this project's 2-vCPU VM (ext4 on virtio), an fsync of 5 KB written over
+/// zeros took 105 to 136 µs (p50) and 51 to 61 µs of CPU, against 164 to 225 µs and 72
+/// to 111 µs when the write extended the file; blackboard handoffs one at a time on a
+/// fresh log went from 0.92 to 1.06 ms (p50) to 0.78 to 0.91. One step in a mebibyte's
+/// worth of frames still extends the file. Unit tests take small steps, so their logs
+/// cross several.
+pub(super) const RESERVE: u64 = if cfg!(test) { 4 << 10 } else { 1 << 20 };
+
+/// What [`RESERVE`] is written from.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 const INSERT: u8 = 1;
 const REMOVE: u8 = 2;
@@ -809,6 +828,9 @@ struct Part {
     path: PathBuf,
     /// Bytes appended since it last started over.
     len: u64,
+    /// Bytes the file holds: frames, then frames redb holds already, left from before
+    /// it started over, and zeros written ahead ([`RESERVE`]).
+    size: u64,
     /// Whether the file holds any bytes: frames may be left on disk beyond `len`, of
     /// which redb holds every one.
     written: bool,
@@ -821,6 +843,29 @@ pub(super) struct Wal {
     current: usize,
 }
 
+impl Part {
+    /// Write zeros past the frames from `len` on, up to the [`RESERVE`] step after
+    /// `end`, so that the fsyncs of the frames written over them change no file
+    /// metadata. Never below `len`: the frames there are the log. If the disk will not
+    /// take them, the frames still go on, growing the file as they do.
+    fn reserve(&mut self, end: u64) {
+        let to = end.next_multiple_of(RESERVE);
+        let mut at = self.size.max(self.len);
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64);
+            if let Err(e) = self.file.write_at(at, &ZEROS[..n as usize]) {
+                tracing::debug!(
+                    "`{}`: cannot write zeros ahead of the log's frames: {e}",
+                    self.path.display()
+                );
+                break;
+            }
+            at += n;
+            self.size = at;
+        }
+    }
+}
+
 fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
     StoreError::Db(redb::Error::Io(std::io::Error::new(
         e.kind(),
@@ -831,7 +876,7 @@ fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
 /// The whole frames at the start of `bytes`, as (number, payload), and how many bytes
 /// they take: a frame cut short by a crash (its length or checksum does not match) ends
 /// them.
-fn frames(bytes: &[u8]) -> (Vec<(u64, &[u8])>, usize) {
+pub(super) fn frames(bytes: &[u8]) -> (Vec<(u64, &[u8])>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + HEADER) {
@@ -872,7 +917,8 @@ impl Wal {
             file.read_to_end(&mut bytes)
                 .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?;
             let (whole, at) = frames(&bytes);
-            if at < bytes.len() {
+            // Zeros written ahead end the log as it should end: nothing to say of them.
+            if bytes[at..].iter().any(|&b| b != 0) {
                 tracing::info!(
                     "`{}`: the last {} bytes are not whole frames (a frame cut short by a crash, never fsynced, so never acknowledged, or what is left of frames already in the store); ignored",
                     path.display(),
@@ -890,6 +936,7 @@ impl Wal {
                 file: Box::new(file),
                 path,
                 len: bytes.len() as u64,
+                size: bytes.len() as u64,
                 written: !bytes.is_empty(),
             })
         });
@@ -960,10 +1007,15 @@ impl Wal {
         head[4..8].copy_from_slice(&crc(lsn, payload).to_le_bytes());
         head[8..16].copy_from_slice(&lsn.to_le_bytes());
         let part = &mut self.parts[self.current];
+        let end = part.len + frame.len() as u64;
+        if end > part.size {
+            part.reserve(end);
+        }
         part.file
             .write_at(part.len, frame)
             .map_err(|e| io_error(&part.path, "cannot append to the write-ahead log", &e))?;
-        part.len += frame.len() as u64;
+        part.len = end;
+        part.size = part.size.max(end);
         part.written = true;
         Ok(())
     }
@@ -1011,6 +1063,7 @@ impl Wal {
                     .clear()
                     .map_err(|e| io_error(&part.path, "cannot reset the write-ahead log", &e))?;
                 part.len = 0;
+                part.size = 0;
                 part.written = false;
             }
         }
