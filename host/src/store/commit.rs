@@ -1375,6 +1375,9 @@ pub(super) mod tests {
     struct Faults {
         write: AtomicBool,
         sync: AtomicBool,
+        /// Only the zeros written ahead of the frames fail, as on a disk with room for
+        /// a frame but not for a step of zeros.
+        zeros: AtomicBool,
     }
 
     /// The store's log file, failing as `faults` say, as a full or failing disk does.
@@ -1385,7 +1388,11 @@ pub(super) mod tests {
 
     impl LogFile for Failing {
         fn write_at(&mut self, at: u64, frame: &[u8]) -> std::io::Result<()> {
-            if self.faults.write.load(Ordering::SeqCst) {
+            // A frame is never all zeros: its header holds its length.
+            let zeros = self.faults.zeros.load(Ordering::SeqCst)
+                && !frame.is_empty()
+                && frame.iter().all(|&b| b == 0);
+            if zeros || self.faults.write.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("injected: no space left on device"));
             }
             self.file.write_at(at, frame)
@@ -1452,6 +1459,31 @@ pub(super) mod tests {
         drop(store);
         let store = Store::open(killed.path()).unwrap();
         assert_kept(&store, &kept, "after the kill");
+    }
+
+    /// Zeros the disk will not take ahead of the frames cost nothing but speed: the
+    /// frames go on, the file growing with them, and every acknowledged write survives a
+    /// kill.
+    #[test]
+    fn zeros_the_disk_will_not_take_ahead_of_the_log_leave_its_frames_whole() {
+        let (dir, store, faults) = failing_store();
+        faults.zeros.store(true, Ordering::SeqCst);
+        let tasks: Vec<String> = (0..12).map(|i| acknowledged(&store, i)).collect();
+        let wal = dir.path().join(crate::store::WAL_FILE);
+        let bytes = std::fs::read(&wal).unwrap();
+        let (frames, end) = wal::frames(&bytes);
+        assert!(!frames.is_empty(), "nothing was logged");
+        assert_eq!(
+            end,
+            bytes.len(),
+            "zeros after the frames: {} bytes",
+            bytes.len()
+        );
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let store = Store::open(killed.path()).unwrap();
+        assert_kept(&store, &tasks, "after the kill");
+        assert_eq!(store.inbox_depth("writer").unwrap(), tasks.len() as u64);
     }
 
     /// A frame the log could not take loses nothing: redb is made durable at once instead,
