@@ -831,11 +831,9 @@ struct Part {
     /// Bytes appended since it last started over.
     len: u64,
     /// Bytes the file holds: frames, then frames redb holds already, left from before
-    /// it started over, and zeros written ahead ([`RESERVE`]).
+    /// it started over, and zeros written ahead ([`RESERVE`]). Not 0 whenever the file
+    /// holds any bytes, beyond `len` too.
     size: u64,
-    /// Whether the file holds any bytes: frames may be left on disk beyond `len`, of
-    /// which redb holds every one.
-    written: bool,
 }
 
 /// The log: its two files, appended to by the writer thread alone, one at a time.
@@ -939,7 +937,6 @@ impl Wal {
                 path,
                 len: bytes.len() as u64,
                 size: bytes.len() as u64,
-                written: !bytes.is_empty(),
             })
         });
         let [first, second] = parts;
@@ -1018,7 +1015,6 @@ impl Wal {
             .map_err(|e| io_error(&part.path, "cannot append to the write-ahead log", &e))?;
         part.len = end;
         part.size = part.size.max(end);
-        part.written = true;
         Ok(())
     }
 
@@ -1029,7 +1025,7 @@ impl Wal {
 
     /// Whether both files are empty, on disk too.
     pub(super) fn is_empty(&self) -> bool {
-        self.parts.iter().all(|p| !p.written)
+        self.parts.iter().all(|p| p.size == 0)
     }
 
     /// Whether frames can go to the other file: it is empty.
@@ -1060,13 +1056,12 @@ impl Wal {
     /// Start over, with both files emptied: every frame is in redb's durable state.
     pub(super) fn reset(&mut self) -> Result<(), StoreError> {
         for part in &mut self.parts {
-            if part.written {
+            if part.size > 0 {
                 part.file
                     .clear()
                     .map_err(|e| io_error(&part.path, "cannot reset the write-ahead log", &e))?;
                 part.len = 0;
                 part.size = 0;
-                part.written = false;
             }
         }
         Ok(())
