@@ -1321,6 +1321,31 @@ pub(super) mod tests {
         assert_eq!(store.inbox_depth("writer").unwrap(), tasks.len() as u64);
     }
 
+    /// Acknowledged writes until the log has gone on to its second file, and four of
+    /// them there, while the checkpoint of the first waits for redb's write lock, which
+    /// the returned transaction holds; the writes' tasks.
+    fn across_a_swap(
+        store: &Store,
+        dir: &std::path::Path,
+    ) -> (Vec<String>, redb::WriteTransaction) {
+        let second = dir.join(crate::store::WAL_FILES[1]);
+        // The first write switches to group commit, which checkpoints first.
+        let mut tasks = vec![acknowledged(store, 0)];
+        // Hand-offs need no redb write lock; the checkpoint does.
+        let hold = store.db.begin_write().unwrap();
+        while std::fs::metadata(&second).unwrap().len() == 0 {
+            tasks.push(acknowledged(store, tasks.len()));
+            assert!(
+                tasks.len() < 1_000,
+                "the log never went on to its second file"
+            );
+        }
+        for _ in 0..3 {
+            tasks.push(acknowledged(store, tasks.len()));
+        }
+        (tasks, hold)
+    }
+
     /// A checkpoint runs on its own thread while the writer logs on to the log's other
     /// file. A host killed before that checkpoint commits redoes both files, in order,
     /// and keeps every acknowledged write, none of which redb alone holds; once it has
@@ -1329,22 +1354,9 @@ pub(super) mod tests {
     fn a_kill_during_a_checkpoint_redoes_both_files_of_the_log() {
         let (dir, store) = group_store();
         let [first, second] = crate::store::WAL_FILES;
-        let size = |f: &str| std::fs::metadata(dir.path().join(f)).unwrap().len();
-        // The first write switches to group commit, which checkpoints first.
-        let mut tasks = vec![acknowledged(&store, 0)];
-        // The checkpoint then waits for redb's write lock; hand-offs need none.
-        let hold = store.db.begin_write().unwrap();
-        while size(second) == 0 {
-            tasks.push(acknowledged(&store, tasks.len()));
-            assert!(
-                tasks.len() < 1_000,
-                "the log never went on to its second file"
-            );
-        }
-        for _ in 0..3 {
-            tasks.push(acknowledged(&store, tasks.len()));
-        }
-        assert!(size(first) >= super::CHECKPOINT, "{} bytes", size(first));
+        let (tasks, hold) = across_a_swap(&store, dir.path());
+        let size = std::fs::metadata(dir.path().join(first)).unwrap().len();
+        assert!(size >= super::CHECKPOINT, "{size} bytes");
         let killed = as_killed(dir.path(), true);
         let redb_alone = as_killed(dir.path(), false);
         drop(hold);
@@ -1364,6 +1376,123 @@ pub(super) mod tests {
                 records: tasks.len() as u64
             }
         );
+        for f in [first, second] {
+            let left = std::fs::metadata(killed.path().join(f)).unwrap().len();
+            assert_eq!(left, 0, "`{f}` after the redo");
+        }
+    }
+
+    /// Frame by frame, the byte ranges of the whole frames at the start of `bytes`.
+    fn frame_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut at = 0;
+        wal::frames(bytes)
+            .0
+            .iter()
+            .map(|(_, payload)| {
+                let span = at..at + wal::HEADER + payload.len();
+                at = span.end;
+                span
+            })
+            .collect()
+    }
+
+    /// Which of `tasks` a store opened on `dir` holds: their count, once checked to be
+    /// a prefix (the first ones, with no gap), as a crash must leave them.
+    fn kept_prefix(dir: &std::path::Path, tasks: &[String], when: &str) -> usize {
+        let store = Store::open(dir).unwrap_or_else(|e| panic!("{when}: open failed: {e}"));
+        let held: Vec<bool> = tasks
+            .iter()
+            .map(|t| store.task(t).unwrap().is_some())
+            .collect();
+        let kept = held.iter().take_while(|&&h| h).count();
+        assert!(
+            held[kept..].iter().all(|&h| !h),
+            "{when}: the store holds {held:?} of {tasks:?}, not the first ones alone"
+        );
+        assert_eq!(
+            store.inbox_depth("writer").unwrap(),
+            kept as u64,
+            "{when}: inbox"
+        );
+        assert_eq!(
+            store.audit_verify().unwrap(),
+            crate::store::AuditVerdict::Whole {
+                records: kept as u64
+            },
+            "{when}: audit chain"
+        );
+        kept
+    }
+
+    /// Damage anywhere in a frame (its length, checksum, number or changes) ends the
+    /// log there: a restart redoes exactly the frames before it, whatever byte it hit,
+    /// and opens a store that is whole (inbox and audit chain agree) rather than failing
+    /// or redoing half a frame. Each write here is acknowledged before the next is made,
+    /// so each is a frame of its own.
+    #[test]
+    fn damage_anywhere_in_a_frame_ends_the_log_at_that_frame() {
+        let (dir, store) = group_store();
+        let tasks: Vec<String> = (0..6).map(|i| acknowledged(&store, i)).collect();
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let wal = crate::store::WAL_FILE;
+        let bytes = std::fs::read(killed.path().join(wal)).unwrap();
+        let spans = frame_spans(&bytes);
+        assert_eq!(spans.len(), tasks.len(), "one frame per acknowledged write");
+
+        let mut opened = 0;
+        for (k, span) in spans.iter().enumerate() {
+            // Every byte of the header, and bytes spread over the changes.
+            let payload = span.start + wal::HEADER..span.end;
+            let step = (payload.len() / 12).max(1);
+            let hits = (span.start..payload.start)
+                .chain(payload.clone().step_by(step))
+                .chain([span.end - 1]);
+            for at in hits {
+                let copy = tempfile::tempdir().unwrap();
+                for f in [crate::store::STORE_FILE, wal] {
+                    std::fs::copy(killed.path().join(f), copy.path().join(f)).unwrap();
+                }
+                let mut damaged = bytes.clone();
+                damaged[at] ^= 0xA5;
+                std::fs::write(copy.path().join(wal), &damaged).unwrap();
+                let when = format!("byte {at} damaged, in frame {k} ({span:?})");
+                assert_eq!(kept_prefix(copy.path(), &tasks, &when), k, "{when}");
+                opened += 1;
+            }
+        }
+        assert!(opened > 6 * wal::HEADER, "{opened} damaged logs opened");
+        // Undamaged, the same files keep every write.
+        assert_eq!(kept_prefix(killed.path(), &tasks, "undamaged"), tasks.len());
+    }
+
+    /// The fsync thread syncs the file the log left before the one it went on to, so a
+    /// crash can leave on disk frames of the second file while the last frame of the
+    /// first never got there (none of them acknowledged). A restart then redoes the
+    /// first file up to the lost frame and nothing of the second: the numbers have a
+    /// gap, and what follows a gap may depend on what the gap lost.
+    #[test]
+    fn a_frame_lost_at_the_end_of_the_first_file_leaves_the_second_file_unredone() {
+        let (dir, store) = group_store();
+        let [first, second] = crate::store::WAL_FILES;
+        let (tasks, hold) = across_a_swap(&store, dir.path());
+        let killed = as_killed(dir.path(), true);
+        drop(hold);
+        between_checkpoints(&store);
+        drop(store);
+
+        let in_second = frame_spans(&std::fs::read(killed.path().join(second)).unwrap()).len();
+        assert_eq!(in_second, 4, "frames in `{second}`");
+        let path = killed.path().join(first);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let spans = frame_spans(&bytes);
+        let lost = spans.last().expect("frames in the first file").clone();
+        bytes[lost].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+
+        // The writes before the lost frame are kept; its own and the second file's are not.
+        let kept = kept_prefix(killed.path(), &tasks, "first file's last frame lost");
+        assert_eq!(kept, tasks.len() - in_second - 1);
         for f in [first, second] {
             let left = std::fs::metadata(killed.path().join(f)).unwrap().len();
             assert_eq!(left, 0, "`{f}` after the redo");

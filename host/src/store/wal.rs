@@ -74,7 +74,8 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 const INSERT: u8 = 1;
 const REMOVE: u8 = 2;
-const HEADER: usize = 16;
+/// Bytes of a frame's header: length, checksum, number.
+pub(super) const HEADER: usize = 16;
 
 /// A write transaction as the store's writes see it: redb's, and, under group commit, a
 /// record of every change made through it. Under group commit redb's transaction is
