@@ -1204,6 +1204,31 @@ pub(super) mod tests {
         );
     }
 
+    /// A restart redoes the log in one durable commit, then empties the log. Killed in
+    /// between, the host comes back to redb with the frames in it *and* the log still
+    /// holding them: it redoes nothing twice (every task once in its inbox, the audit
+    /// chain whole) and numbers on from the last task.
+    #[test]
+    fn a_kill_after_the_redo_but_before_the_log_is_emptied_redoes_nothing_twice() {
+        const WRITES: usize = 8;
+        let (dir, store) = group_store();
+        let tasks: Vec<String> = (0..WRITES).map(|i| acknowledged(&store, i)).collect();
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        let logs =
+            crate::store::WAL_FILES.map(|f| (f, std::fs::read(killed.path().join(f)).unwrap()));
+        assert!(!logs[0].1.is_empty(), "nothing was logged");
+
+        drop(Store::open(killed.path()).unwrap());
+        // The redo's commit reached the disk; the log's emptying did not.
+        for (f, bytes) in &logs {
+            std::fs::write(killed.path().join(f), bytes).unwrap();
+        }
+        assert_eq!(kept_prefix(killed.path(), &tasks, "redone twice"), WRITES);
+        let store = Store::open(killed.path()).unwrap();
+        assert_eq!(acknowledged(&store, WRITES), format!("t-{}", WRITES + 1));
+    }
+
     /// Checkpoints in the middle of a run start the log over while writes go on: a host
     /// killed after several of them keeps every acknowledged write, from redb or the log,
     /// and redb, last made durable by a checkpoint, opens without a repair.
