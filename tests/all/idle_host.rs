@@ -2,13 +2,15 @@
 //! durable. The scheduler looks for work whenever it is woken and at least every 25 ms; a
 //! look that finds nothing must not commit an empty claim, which would append to the log
 //! (and so to the disk) forever, 40 times a second. After a second of quiet the writer
-//! folds the log into redb, so `store.redb` alone then holds every task, and a crash
-//! then costs no repair at restart, under either commit policy. Work that arrives after
-//! the pause still runs.
+//! folds the log into redb, so `store.redb` alone then holds every task, the log holds
+//! no frame a restart would read, and a crash then costs no repair at restart, under
+//! either commit policy. Work that arrives after the pause still runs.
 
 use std::time::Duration;
 
-use baton::store::{CommitPolicy, STORE_FILE, Status, WAL_FILES, opened_with_repair};
+use baton::store::{
+    CommitPolicy, STORE_FILE, Status, WAL_FILES, logged_frames, opened_with_repair,
+};
 
 use crate::common::{Serving, research_mesh, serve_research_chain};
 
@@ -19,21 +21,18 @@ async fn an_idle_host_appends_nothing_to_its_log_and_still_runs_what_comes_next(
     let host = &serving.host;
     let mut tasks = serve_research_chain(host, "before the pause").await;
 
-    // The log's two files, together.
-    let size = || -> u64 {
-        WAL_FILES
-            .iter()
-            .map(|f| std::fs::metadata(state.path().join(f)).unwrap().len())
-            .sum()
-    };
-    let before = size();
+    // The frames in the log's two files, together. Not their size: the log writes zeros
+    // a mebibyte ahead of its frames, so a frame appended goes where the file was.
+    let frames = || logged_frames(state.path()).unwrap();
+    let before = frames();
+    assert!(before > 0, "the chain logged no frames");
     // A dozen of the scheduler's looks, all finding nothing. The log may only have been
-    // emptied meanwhile, by a checkpoint, never appended to.
+    // folded into redb meanwhile, by a checkpoint, never appended to.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        size() <= before,
-        "the idle host appended to its log ({WAL_FILES:?}): {before} bytes, then {}",
-        size()
+        frames() <= before,
+        "the idle host appended to its log ({WAL_FILES:?}): {before} frames, then {}",
+        frames()
     );
 
     tasks.extend(serve_research_chain(host, "after the pause").await);
@@ -54,12 +53,7 @@ async fn a_host_gone_quiet_makes_its_store_durable_without_the_log() {
 
     // The writer checkpoints after a second of quiet; wait for it, within bounds.
     let waited = std::time::Instant::now();
-    let logged = || {
-        WAL_FILES
-            .iter()
-            .any(|f| std::fs::metadata(state.path().join(f)).unwrap().len() > 0)
-    };
-    while logged() {
+    while logged_frames(state.path()).unwrap() > 0 {
         assert!(
             waited.elapsed() < Duration::from_secs(30),
             "the log ({WAL_FILES:?}) still holds frames after 30 s of quiet"

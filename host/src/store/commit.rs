@@ -24,7 +24,8 @@
 //!   before, the commit of some 50,000 rows stopped every write for 120 to 170 ms. Once
 //!   nothing has been written for [`IDLE`], when the store closes, when the policy
 //!   changes, and after a failure, the writer checkpoints itself (after the one under
-//!   way), and both files start over.
+//!   way), and both files start over: written over from their start, as above, by the
+//!   next burst of writes, or emptied once the store closes.
 //!
 //! Why one transaction for many writes: redb's cost is mostly per transaction (copying
 //! the pages a write touches, checksums, the commit). Applied together, writes cost about
@@ -539,7 +540,7 @@ impl Writer {
                 let mut quiet = false;
                 while p.queue.is_empty() && !p.stop && !quiet {
                     p.writer_waits = true;
-                    if self.wal.is_empty() && !self.unrecorded && self.folding.is_none() {
+                    if !self.wal.holds_frames() && !self.unrecorded && self.folding.is_none() {
                         p = state.work.wait(p).unwrap_or_else(|e| e.into_inner());
                     } else {
                         let (q, waited) = state
@@ -596,6 +597,14 @@ impl Writer {
             }
         }
         let _ = self.checkpoint();
+        // Closing, the log gives its blocks back: the next open empties it anyway (see
+        // `Wal::reset`), so nothing would write over them.
+        if !self.wal.holds_frames()
+            && let Err(e) = self.wal.reset()
+        {
+            // Harmless: the frames left are all in redb and are skipped at restart.
+            tracing::warn!("group commit: {e}");
+        }
         drop(closing);
         if syncer.join().is_err() {
             tracing::error!("the log's fsync thread panicked");
@@ -805,12 +814,8 @@ impl Writer {
         let synced = p.synced;
         drop(p);
         self.state.tell(synced);
-        if flushed.is_ok()
-            && !self.wal.is_empty()
-            && let Err(e) = self.wal.reset()
-        {
-            // Harmless: the frames left are all in redb and are skipped at restart.
-            tracing::warn!("group commit: {e}");
+        if flushed.is_ok() && !self.wal.is_empty() {
+            self.wal.start_over();
         }
         flushed
     }
@@ -1709,6 +1714,51 @@ pub(super) mod tests {
                 records: tasks.len() as u64
             }
         );
+    }
+
+    /// When the writer checkpoints itself while the store runs (after a quiet second, a
+    /// change of policy or a failure) the log starts over without losing its blocks:
+    /// its files keep their size, a restart finds no frame in them, and the writes that
+    /// follow go over the old bytes from the start, growing nothing. A host killed then
+    /// keeps every acknowledged write, each once; a store closed empties the files.
+    #[test]
+    fn a_checkpoint_of_the_writer_keeps_the_logs_blocks_and_a_kill_after_keeps_every_write() {
+        let (dir, store) = group_store();
+        let wal = dir.path().join(crate::store::WAL_FILE);
+        let size = || std::fs::metadata(&wal).unwrap().len();
+        let mut tasks: Vec<String> = (0..6).map(|i| acknowledged(&store, i)).collect();
+        let grown = size();
+        assert_eq!(crate::store::logged_frames(dir.path()).unwrap(), 6);
+
+        // A change of policy makes the writer checkpoint before the write that follows.
+        store.set_commit_policy(CommitPolicy::Immediate);
+        tasks.push(acknowledged(&store, tasks.len()));
+        assert_eq!(crate::store::logged_frames(dir.path()).unwrap(), 0);
+        assert_eq!(size(), grown, "the log's file after the checkpoint");
+
+        store.set_commit_policy(CommitPolicy::Group);
+        for _ in 0..6 {
+            tasks.push(acknowledged(&store, tasks.len()));
+        }
+        let bytes = std::fs::read(&wal).unwrap();
+        let (frames, _) = wal::frames(&bytes);
+        assert!(frames.len() >= 6, "{} frames", frames.len());
+        assert_eq!(
+            bytes.len() as u64,
+            grown,
+            "the writes after it grew the log"
+        );
+        let killed = as_killed(dir.path(), true);
+        drop(store);
+        assert_eq!(
+            kept_prefix(killed.path(), &tasks, "after the kill"),
+            tasks.len()
+        );
+        // Closed, the store gives the log's blocks back.
+        for f in crate::store::WAL_FILES {
+            let left = std::fs::metadata(dir.path().join(f)).unwrap().len();
+            assert_eq!(left, 0, "`{f}` once the store closed");
+        }
     }
 
     /// Writers that commit together share fsyncs, and each learns its write is on disk:

@@ -62,7 +62,7 @@ pub use queue::{Committed, NewHandoff, Pick, PickFn, Picker, Refusal, fingerprin
 pub use records::*;
 pub use streams::{StreamRead, StreamWriter, Written};
 use wal::Tx;
-pub use wal::{WAL_FILE, WAL_FILES};
+pub use wal::{WAL_FILE, WAL_FILES, logged_frames};
 
 /// The file inside the state directory.
 pub const STORE_FILE: &str = "store.redb";

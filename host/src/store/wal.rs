@@ -25,7 +25,9 @@
 //! size). So the writer writes zeros ahead of its frames, [`RESERVE`] at a time, and
 //! the fsyncs between two such steps write data alone. The zeros end the log as a
 //! frame cut short does (their checksum does not match), and nothing is lost if they
-//! never reach the disk.
+//! never reach the disk. For the same reason the files keep their bytes when the log
+//! starts over while the store runs ([`Wal::start_over`]); only an open empties them,
+//! as a crash may have left frames there that redb lacks.
 //!
 //! Frame: `len: u32 | crc32(lsn, payload): u32 | lsn: u64 | payload`, little-endian.
 //! Payload: changes, each `op: u8 | table name: u8 len + bytes | key: u32 len + bytes`
@@ -34,7 +36,7 @@
 use std::borrow::Borrow;
 use std::cell::{OnceCell, RefCell, RefMut};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write as _};
+use std::io::{Seek, SeekFrom, Write as _};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
@@ -877,26 +879,90 @@ fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
 /// The whole frames at the start of `bytes`, as (number, payload), and how many bytes
 /// they take: a frame cut short by a crash (its length or checksum does not match) ends
 /// them.
-pub(super) fn frames(bytes: &[u8]) -> (Vec<(u64, &[u8])>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(head) = bytes.get(at..at + HEADER) {
+#[cfg(test)]
+pub(super) fn frames(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
+    let read = read_frames(bytes, bytes.len() as u64).expect("a slice reads without error");
+    (read.whole, read.end as usize)
+}
+
+/// What [`read_frames`] found at the start of a file.
+struct Read {
+    /// The whole frames, as (number, payload).
+    whole: Vec<(u64, Vec<u8>)>,
+    /// The bytes they take.
+    end: u64,
+    /// Whether the file ends there, or goes on with zeros (written ahead, or a first
+    /// frame's header cleared once redb held every frame; see [`Wal::start_over`]).
+    clean: bool,
+}
+
+/// The whole frames at the start of `from`, a file of `size` bytes, read one at a time:
+/// reading stops at the first that is cut short (its length or checksum does not
+/// match), so bytes left past the log's end are never read.
+fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read> {
+    let mut read = Read {
+        whole: Vec::new(),
+        end: 0,
+        clean: true,
+    };
+    loop {
+        let mut head = [0; HEADER];
+        let got = read_up_to(&mut from, &mut head)?;
+        if got < HEADER {
+            read.clean = head[..got].iter().all(|&b| b == 0);
+            return Ok(read);
+        }
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         let sum = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let lsn = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        let Some(payload) = usize::try_from(len)
-            .ok()
-            .and_then(|len| bytes.get(at + HEADER..at + HEADER + len))
-        else {
-            break;
-        };
-        if crc(lsn, payload) != sum {
-            break;
+        read.clean = head.iter().all(|&b| b == 0);
+        // A length past the file's end is a frame cut short, not a size to allocate.
+        if read.clean || read.end + (HEADER as u64) + u64::from(len) > size {
+            return Ok(read);
         }
-        out.push((lsn, payload));
-        at += HEADER + payload.len();
+        let mut payload = vec![0; len as usize];
+        if read_up_to(&mut from, &mut payload)? < payload.len() || crc(lsn, &payload) != sum {
+            return Ok(read);
+        }
+        read.end += (HEADER + payload.len()) as u64;
+        read.whole.push((lsn, payload));
     }
-    (out, at)
+}
+
+/// Fill `buf` from `from` as far as it goes; how many bytes it got.
+fn read_up_to(from: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match from.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// How many whole frames the log's files in `dir` start with, together: what a restart
+/// would read (it redoes those redb lacks). 0 once the host has gone quiet and folded
+/// its log into redb, or never logged; while it runs, frames redb holds already may
+/// still be counted, until frames written over them end the log sooner.
+pub fn logged_frames(dir: &Path) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for name in WAL_FILES {
+        let path = dir.join(name);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(&path, "cannot open the write-ahead log", &e)),
+        };
+        let read = file
+            .metadata()
+            .and_then(|m| read_frames(std::io::BufReader::new(&file), m.len()))
+            .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?;
+        n += read.whole.len();
+    }
+    Ok(n)
 }
 
 impl Wal {
@@ -907,37 +973,34 @@ impl Wal {
         let mut found = Vec::new();
         let parts = WAL_FILES.map(|name| -> Result<Part, StoreError> {
             let path = dir.join(name);
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| io_error(&path, "cannot open the write-ahead log", &e))?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)
+            let size = file
+                .metadata()
+                .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?
+                .len();
+            let read = read_frames(std::io::BufReader::new(&file), size)
                 .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?;
-            let (whole, at) = frames(&bytes);
-            // Zeros written ahead end the log as it should end: nothing to say of them.
-            if bytes[at..].iter().any(|&b| b != 0) {
+            // Zeros end the log as it should end: nothing to say of them.
+            if !read.clean {
                 tracing::info!(
                     "`{}`: the last {} bytes are not whole frames (a frame cut short by a crash, never fsynced, so never acknowledged, or what is left of frames already in the store); ignored",
                     path.display(),
-                    bytes.len() - at
+                    size - read.end
                 );
             }
             // Frames redb holds already are skipped.
-            found.extend(
-                whole
-                    .into_iter()
-                    .filter(|(lsn, _)| *lsn > held)
-                    .map(|(lsn, payload)| (lsn, payload.to_vec())),
-            );
+            found.extend(read.whole.into_iter().filter(|(lsn, _)| *lsn > held));
             Ok(Part {
                 file: Box::new(file),
                 path,
-                len: bytes.len() as u64,
-                size: bytes.len() as u64,
+                len: size,
+                size,
             })
         });
         let [first, second] = parts;
@@ -1029,6 +1092,11 @@ impl Wal {
         self.parts.iter().all(|p| p.size == 0)
     }
 
+    /// Whether frames were appended since the log last [started over](Wal::start_over).
+    pub(super) fn holds_frames(&self) -> bool {
+        self.parts.iter().any(|p| p.len > 0)
+    }
+
     /// Whether frames can go to the other file: it is empty.
     pub(super) fn can_swap(&self) -> bool {
         self.parts[1 - self.current].len == 0
@@ -1054,7 +1122,8 @@ impl Wal {
         self.parts[1 - self.current].len = 0;
     }
 
-    /// Start over, with both files emptied: every frame is in redb's durable state.
+    /// Start over, with both files emptied: every frame is in redb's durable state. For
+    /// a restart, whose frames a crash may have left with numbers redb lacks.
     pub(super) fn reset(&mut self) -> Result<(), StoreError> {
         for part in &mut self.parts {
             if part.size > 0 {
@@ -1066,6 +1135,27 @@ impl Wal {
             }
         }
         Ok(())
+    }
+
+    /// Start over while the store runs, every frame being in redb's durable state: the
+    /// next frame goes to the start of the current file, and both files keep their
+    /// bytes, so the next burst of writes fsyncs blocks the files have already (see
+    /// [`Wal::recycled`]), where a file emptied here grew again at every burst after a
+    /// quiet second. The first frame's header in each file is cleared, so that a
+    /// restart reads no further than it (and would skip those frames anyway: redb holds
+    /// them). If the disk will not take that, a restart reads them and skips them.
+    pub(super) fn start_over(&mut self) {
+        for part in &mut self.parts {
+            part.len = 0;
+            if part.size >= HEADER as u64
+                && let Err(e) = part.file.write_at(0, &ZEROS[..HEADER])
+            {
+                tracing::debug!(
+                    "`{}`: cannot clear the first frame of a log redb holds whole: {e}",
+                    part.path.display()
+                );
+            }
+        }
     }
 }
 
