@@ -36,7 +36,7 @@
 use std::borrow::Borrow;
 use std::cell::{OnceCell, RefCell, RefMut};
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write as _};
+use std::io::{Read as _, Seek, SeekFrom, Write as _};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
@@ -906,10 +906,10 @@ fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read>
         clean: true,
     };
     loop {
-        let mut head = [0; HEADER];
-        let got = read_up_to(&mut from, &mut head)?;
-        if got < HEADER {
-            read.clean = head[..got].iter().all(|&b| b == 0);
+        let mut head = Vec::with_capacity(HEADER);
+        (&mut from).take(HEADER as u64).read_to_end(&mut head)?;
+        if head.len() < HEADER {
+            read.clean = head.iter().all(|&b| b == 0);
             return Ok(read);
         }
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
@@ -920,8 +920,9 @@ fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read>
         if read.clean || read.end + (HEADER as u64) + u64::from(len) > size {
             return Ok(read);
         }
-        let mut payload = vec![0; len as usize];
-        if read_up_to(&mut from, &mut payload)? < payload.len() || crc(lsn, &payload) != sum {
+        let mut payload = Vec::with_capacity(len as usize);
+        (&mut from).take(u64::from(len)).read_to_end(&mut payload)?;
+        if payload.len() < len as usize || crc(lsn, &payload) != sum {
             return Ok(read);
         }
         read.end += (HEADER + payload.len()) as u64;
@@ -929,18 +930,11 @@ fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read>
     }
 }
 
-/// Fill `buf` from `from` as far as it goes; how many bytes it got.
-fn read_up_to(from: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match from.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
+/// [`read_frames`] of the log's file `file`, at `path`; and the file's size.
+fn read_file(file: &File, path: &Path) -> Result<(Read, u64), StoreError> {
+    file.metadata()
+        .and_then(|m| read_frames(std::io::BufReader::new(file), m.len()).map(|r| (r, m.len())))
+        .map_err(|e| io_error(path, "cannot read the write-ahead log", &e))
 }
 
 /// How many whole frames the log's files in `dir` start with, together: what a restart
@@ -956,11 +950,7 @@ pub fn logged_frames(dir: &Path) -> Result<usize, StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_error(&path, "cannot open the write-ahead log", &e)),
         };
-        let read = file
-            .metadata()
-            .and_then(|m| read_frames(std::io::BufReader::new(&file), m.len()))
-            .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?;
-        n += read.whole.len();
+        n += read_file(&file, &path)?.0.whole.len();
     }
     Ok(n)
 }
@@ -980,12 +970,7 @@ impl Wal {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| io_error(&path, "cannot open the write-ahead log", &e))?;
-            let size = file
-                .metadata()
-                .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?
-                .len();
-            let read = read_frames(std::io::BufReader::new(&file), size)
-                .map_err(|e| io_error(&path, "cannot read the write-ahead log", &e))?;
+            let (read, size) = read_file(&file, &path)?;
             // Zeros end the log as it should end: nothing to say of them.
             if !read.clean {
                 tracing::info!(
