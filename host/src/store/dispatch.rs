@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use foldhash::HashMap;
 use redb::{Key, ReadableTable, TableDefinition, TableHandle, Value, WriteTransaction};
 
-use super::{INBOX, INBOX_CLAIMS, READY, RUNNING, StoreError};
+use super::{INBOX, INBOX_CLAIMS, READY, RUNNING, StoreError, recent};
 
 /// A key as redb stores it, ordered as redb orders keys of type `K`.
 struct Ordered<K>(Vec<u8>, PhantomData<fn() -> K>);
@@ -80,7 +80,7 @@ impl<K: Key + 'static, V: Value + 'static> Rows<K, V> {
     fn new() -> Self {
         Rows {
             rows: BTreeMap::new(),
-            dirty: HashMap::default(),
+            dirty: recent::room(0),
             values: PhantomData,
         }
     }
@@ -134,7 +134,9 @@ impl<K: Key + 'static, V: Value + 'static> Rows<K, V> {
     /// to a checkpoint: from now on, changes are noted as if redb held the table as it
     /// is now. Also what was noted, for [`Rows::restore`].
     fn take_unsaved(&mut self) -> (Changes, Noted) {
-        let dirty = std::mem::take(&mut self.dirty);
+        // The notes to come get room for as many as these (see `recent::ROOM`).
+        let room = recent::room(self.dirty.len());
+        let dirty = std::mem::replace(&mut self.dirty, room);
         let rows = dirty
             .iter()
             .filter_map(|(key, held)| {
@@ -365,5 +367,31 @@ impl Drop for Undo {
         for (place, key, before) in self.changes.drain(..).rev() {
             q.set(place, key, before, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The notes of changed rows keep [`recent::ROOM`] when a checkpoint takes them, so
+    /// that the next interval's notes never grow from a few.
+    #[test]
+    fn a_checkpoint_leaves_the_notes_room_for_an_intervals_rows() {
+        let mut rows = Rows::<u64, &'static str>::new();
+        assert!(rows.dirty.capacity() >= recent::ROOM, "at first");
+        rows.set(1u64.to_le_bytes().to_vec(), Some(b"t-1".to_vec()), true);
+        let (changes, _) = rows.take_unsaved();
+        assert_eq!(
+            changes.len(),
+            1,
+            "the one row set is what the checkpoint writes"
+        );
+        assert!(rows.dirty.is_empty());
+        assert!(
+            rows.dirty.capacity() >= recent::ROOM,
+            "after a checkpoint of one row: room for {}",
+            rows.dirty.capacity()
+        );
     }
 }
