@@ -3,7 +3,7 @@
 /// jemalloc instead of the system's malloc. A handoff makes and frees hundreds of small
 /// buffers across threads (records, rows, frames, futures); glibc's malloc spent over a
 /// tenth of the host's CPU on them, and jemalloc's per-thread caches made a handoff a
-/// tenth to a fifth cheaper (README, Benchmarks). The library leaves the choice of
+/// tenth to a fifth cheaper (docs/performance.md). The library leaves the choice of
 /// allocator to whoever links it, and builds jemalloc only with its `jemalloc` feature
 /// (on by default, for this binary).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]

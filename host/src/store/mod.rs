@@ -110,7 +110,7 @@ pub const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 /// Bytes of redb's page cache, its write buffer included. redb's default, 1 GiB, is a
 /// ceiling the cache grows towards as the store does: capped, a host's peak after 150,000
-/// handoffs fell from 688 to 153 MiB, at the same rate (see README, "Benchmarks"). The
+/// handoffs fell from 688 to 153 MiB, at the same rate (see docs/performance.md). The
 /// write buffer, half of it, still holds the pages a checkpoint's worth of log dirties.
 const CACHE: usize = 64 << 20;
 

@@ -253,7 +253,7 @@ fn save<K: Key + 'static, V: Value + 'static>(
 ) -> Result<(), StoreError> {
     // In the table's key order, not the map's: each B-tree leaf is then reached once, in
     // turn, instead of at random. That took about a tenth off the checkpoint thread's
-    // CPU per blackboard handoff (README, "Benchmarks").
+    // CPU per blackboard handoff (docs/performance.md).
     let mut sorted: Vec<(&[u8], &[u8])> = rows.iter().map(|(k, v)| (&k[..], &v[..])).collect();
     sorted.sort_unstable_by(|a, b| K::compare(a.0, b.0));
     super::dispatch::save(txn, def, sorted.into_iter().map(|(k, v)| (k, Some(v))))

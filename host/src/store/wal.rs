@@ -65,7 +65,7 @@ pub(super) const LSN_COUNTER: &str = "wal";
 /// zeros took 105 to 136 µs (p50) and 51 to 61 µs of CPU, against 164 to 225 µs and 72
 /// to 111 µs when the write extended the file; blackboard handoffs one at a time on a
 /// fresh log went from 0.62 to 0.76 ms (p50) to 0.45 to 0.55, in six alternating runs
-/// of 2,000 (README, "Benchmarks"). The fsync after a step
+/// of 2,000 (docs/performance.md). The fsync after a step
 /// still grows the file and writes its zeros: about 1 ms instead of 0.17 (p50, the same
 /// scratch program), once in some 180 blackboard handoffs. Unit tests take small steps,
 /// so their logs cross several.
