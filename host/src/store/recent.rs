@@ -50,7 +50,7 @@ const KEPT: usize = 8;
 /// each checkpoint: about what one checkpoint interval adds to the busiest (a handoff
 /// logs some 3 KB and adds a row or two to each). Grown from empty instead, a map is
 /// rehashed whole each time it doubles, inside one of the writer's transactions: after
-/// an open, handoffs one at a time took 1.4 to 3.5 ms at the 448th, 896th and 1,792nd,
+/// an open, handoffs one at a time took 1.4 to 3.5 ms at the 449th, 897th and 1,793rd,
 /// against about 0.5 ms: three of the ten slowest in a thousand. Only a map's control
 /// bytes are written up front; the room for a row is touched when a row takes it.
 pub(super) const ROOM: usize = (CHECKPOINT / 2048) as usize;
