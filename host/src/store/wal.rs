@@ -908,16 +908,15 @@ fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read>
     loop {
         let mut head = Vec::with_capacity(HEADER);
         (&mut from).take(HEADER as u64).read_to_end(&mut head)?;
-        if head.len() < HEADER {
-            read.clean = head.iter().all(|&b| b == 0);
+        read.clean = head.iter().all(|&b| b == 0);
+        if read.clean || head.len() < HEADER {
             return Ok(read);
         }
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         let sum = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let lsn = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        read.clean = head.iter().all(|&b| b == 0);
         // A length past the file's end is a frame cut short, not a size to allocate.
-        if read.clean || read.end + (HEADER as u64) + u64::from(len) > size {
+        if read.end + (HEADER as u64) + u64::from(len) > size {
             return Ok(read);
         }
         let mut payload = Vec::with_capacity(len as usize);
