@@ -881,14 +881,18 @@ fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
 /// them.
 #[cfg(test)]
 pub(super) fn frames(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
-    let read = read_frames(bytes, bytes.len() as u64).expect("a slice reads without error");
-    (read.whole, read.end as usize)
+    let mut whole = Vec::new();
+    let read = read_frames(bytes, bytes.len() as u64, |lsn, payload| {
+        whole.push((lsn, std::mem::take(payload)));
+    })
+    .expect("a slice reads without error");
+    (whole, read.end as usize)
 }
 
 /// What [`read_frames`] found at the start of a file.
 struct Read {
-    /// The whole frames, as (number, payload).
-    whole: Vec<(u64, Vec<u8>)>,
+    /// How many whole frames.
+    whole: usize,
     /// The bytes they take.
     end: u64,
     /// Whether the file ends there, or goes on with zeros (written ahead, or a first
@@ -896,15 +900,23 @@ struct Read {
     clean: bool,
 }
 
-/// The whole frames at the start of `from`, a file of `size` bytes, read one at a time:
-/// reading stops at the first that is cut short (its length or checksum does not
-/// match), so bytes left past the log's end are never read.
-fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read> {
+/// The whole frames at the start of `from`, a file of `size` bytes, read one at a time
+/// and each given to `each` as (number, payload): reading stops at the first that is
+/// cut short (its length or checksum does not match), so bytes left past the log's end
+/// are never read. `each` takes the payload's buffer if it keeps the frame; else the
+/// buffer is read into again, so a count of frames, or an open that skips those redb
+/// holds, keeps no more than one frame in memory.
+fn read_frames(
+    mut from: impl std::io::Read,
+    size: u64,
+    mut each: impl FnMut(u64, &mut Vec<u8>),
+) -> std::io::Result<Read> {
     let mut read = Read {
-        whole: Vec::new(),
+        whole: 0,
         end: 0,
         clean: true,
     };
+    let mut payload = Vec::new();
     loop {
         let mut head = Vec::with_capacity(HEADER);
         (&mut from).take(HEADER as u64).read_to_end(&mut head)?;
@@ -919,20 +931,28 @@ fn read_frames(mut from: impl std::io::Read, size: u64) -> std::io::Result<Read>
         if read.end + (HEADER as u64) + u64::from(len) > size {
             return Ok(read);
         }
-        let mut payload = Vec::with_capacity(len as usize);
+        payload.clear();
+        payload.reserve(len as usize);
         (&mut from).take(u64::from(len)).read_to_end(&mut payload)?;
         if payload.len() < len as usize || crc(lsn, &payload) != sum {
             return Ok(read);
         }
         read.end += (HEADER + payload.len()) as u64;
-        read.whole.push((lsn, payload));
+        read.whole += 1;
+        each(lsn, &mut payload);
     }
 }
 
 /// [`read_frames`] of the log's file `file`, at `path`; and the file's size.
-fn read_file(file: &File, path: &Path) -> Result<(Read, u64), StoreError> {
+fn read_file(
+    file: &File,
+    path: &Path,
+    each: impl FnMut(u64, &mut Vec<u8>),
+) -> Result<(Read, u64), StoreError> {
     file.metadata()
-        .and_then(|m| read_frames(std::io::BufReader::new(file), m.len()).map(|r| (r, m.len())))
+        .and_then(|m| {
+            read_frames(std::io::BufReader::new(file), m.len(), each).map(|r| (r, m.len()))
+        })
         .map_err(|e| io_error(path, "cannot read the write-ahead log", &e))
 }
 
@@ -949,7 +969,7 @@ pub fn logged_frames(dir: &Path) -> Result<usize, StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_error(&path, "cannot open the write-ahead log", &e)),
         };
-        n += read_file(&file, &path)?.0.whole.len();
+        n += read_file(&file, &path, |_, _| {})?.0.whole;
     }
     Ok(n)
 }
@@ -969,7 +989,12 @@ impl Wal {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| io_error(&path, "cannot open the write-ahead log", &e))?;
-            let (read, size) = read_file(&file, &path)?;
+            // Frames redb holds already are skipped as they are read.
+            let (read, size) = read_file(&file, &path, |lsn, payload| {
+                if lsn > held {
+                    found.push((lsn, std::mem::take(payload)));
+                }
+            })?;
             // Zeros end the log as it should end: nothing to say of them.
             if !read.clean {
                 tracing::info!(
@@ -978,8 +1003,6 @@ impl Wal {
                     size - read.end
                 );
             }
-            // Frames redb holds already are skipped.
-            found.extend(read.whole.into_iter().filter(|(lsn, _)| *lsn > held));
             Ok(Part {
                 file: Box::new(file),
                 path,
