@@ -95,18 +95,21 @@ fn seen(store: &Store, task: &str) -> Seen {
 
 /// Guarantee: a store written before a blackboard version became one row (its metadata
 /// and value had a row each, in `bb_meta` and `bb_values`, and every key a head row),
-/// before a handoff and the task it made shared a chain row, and before a transaction's
-/// audit records shared a row, reads back the same, and takes new work beside it.
+/// before a handoff and the task it made shared a chain row, before a transaction's
+/// audit records shared a row, and before a handoff was read from its task (every
+/// handoff had a row in `handoffs`, and a chain's first its chain row), reads back the
+/// same, and takes new work beside it.
 /// The test writes the old layout into redb itself, by the tables' names on disk.
 #[tokio::test]
 async fn a_store_in_the_earlier_layout_reads_back_the_same() {
-    use redb::{ReadableTable, TableDefinition};
+    use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
     const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_entries");
     const VALUES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bb_values");
     const META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_meta");
     const HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
     const CHAIN: TableDefinition<(&str, u64), &str> = TableDefinition::new("chain");
     const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
+    const HANDOFFS: TableDefinition<&str, &str> = TableDefinition::new("handoffs");
 
     let state = tempfile::tempdir().unwrap();
     let before = {
@@ -115,6 +118,7 @@ async fn a_store_in_the_earlier_layout_reads_back_the_same() {
     };
     let store = Store::open(state.path()).unwrap();
     let expected = seen(&store, &before.task);
+    let chain_records = store.chain(&before.task).unwrap();
     drop(store);
 
     let db = redb::Database::open(state.path().join(baton::store::STORE_FILE)).unwrap();
@@ -167,6 +171,21 @@ async fn a_store_in_the_earlier_layout_reads_back_the_same() {
                     .insert((root.as_str(), seq * 2 + n as u64), line)
                     .unwrap();
             }
+        }
+        // The root's own handoff and task, before the rest (each seq above is 1 or more).
+        let root = &before.task;
+        let first = format!("h:{}", chain_records.handoffs[0].id);
+        chain.insert((root.as_str(), 0), first.as_str()).unwrap();
+        chain
+            .insert((root.as_str(), 1), format!("t:{root}").as_str())
+            .unwrap();
+        // A row for every handoff.
+        let mut handoffs = txn.open_table(HANDOFFS).unwrap();
+        assert_eq!(handoffs.len().unwrap(), 0, "a handoff row was written");
+        assert!(chain_records.handoffs.len() > 1);
+        for h in &chain_records.handoffs {
+            let json = serde_json::to_string(h).unwrap();
+            handoffs.insert(h.id.as_str(), json.as_str()).unwrap();
         }
         // A row a record, at its number.
         let mut audit = txn.open_table(AUDIT).unwrap();

@@ -1239,7 +1239,7 @@ pub(super) mod tests {
     /// and redb, last made durable by a checkpoint, opens without a repair.
     #[test]
     fn writes_across_checkpoints_survive_a_kill() {
-        const WRITES: usize = 120;
+        const WRITES: usize = 200;
         let (dir, store) = group_store();
         let mut tasks = Vec::new();
         // The last frame redb holds, as its durable commits say.

@@ -80,6 +80,11 @@ const BB_META: TableDefinition<(&str, u64), &str> = TableDefinition::new("bb_met
 /// 1 in `bb_entries` says it exists. A store written before holds a row for every key.
 const BB_HEAD: TableDefinition<&str, u64> = TableDefinition::new("bb_head");
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
+/// handoff id → [`HandoffRecord`], for a handoff numbered unlike the task it made
+/// (`h-7` made `t-9`). Every field of a handoff's record is one of its task's (see
+/// [`HandoffRecord::of`]), so a handoff numbered like its task, as every handoff is in
+/// a store whose two counters never drifted apart, has no row: `h-9` is read from `t-9`.
+/// A store written before holds a row for every handoff.
 const HANDOFFS: TableDefinition<&str, &str> = TableDefinition::new("handoffs");
 /// (task, n) → handoff id: the n-th hand-off made while handling that task, so a
 /// redelivered task that hands off again gets the original back (see `Store::hand_off`).
@@ -95,7 +100,8 @@ const READY: TableDefinition<u64, &str> = TableDefinition::new("ready");
 const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
 /// (root task, seq) → `h:<handoff>` and `t:<task>`, a line each (a handoff and the task
 /// it made; a store written before holds them in a row each): everything in one chain,
-/// in order.
+/// in order. A chain's first handoff and task, its root's, have no row: the root task's
+/// record names them (a store written before holds that row too; see `Store::chain`).
 const CHAIN: TableDefinition<(&str, u64), &str> = TableDefinition::new("chain");
 /// (agent, key): keys an agent may read because a task delivered to it points there.
 const GRANTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("grants");
@@ -470,7 +476,7 @@ impl Store {
 
     /// The handoff called `id`.
     pub fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
-        self.get(HANDOFFS, id)
+        self.reader().handoff(id)
     }
 
     /// The stream at `key`, if a `stream` handoff opened one there.
@@ -505,6 +511,20 @@ impl Store {
             rows.insert(k.value().1, v.value().to_string());
         }
         let mut out = Chain::default();
+        // The root's own handoff and task come first, from its record: they have no
+        // row, unless a store written before wrote one.
+        let listed = format!("t:{root}");
+        if !rows
+            .values()
+            .flat_map(|row| row.lines())
+            .any(|v| v == listed)
+            && let Some(task) = reader
+                .record::<TaskRecord>(TASKS, root)?
+                .filter(|t| t.root == root)
+        {
+            out.handoffs.push(HandoffRecord::of(&task));
+            out.tasks.push(task);
+        }
         // A row holds a handoff and the task it made, a line each; a store written
         // before that holds them in a row each.
         for v in rows.values().flat_map(|row| row.lines()) {
@@ -516,7 +536,7 @@ impl Store {
                 ),
                 Some(("h", id)) => out.handoffs.push(
                     reader
-                        .record(HANDOFFS, id)?
+                        .handoff(id)?
                         .ok_or_else(|| StoreError::Missing("handoff", id.into()))?,
                 ),
                 _ => return Err(StoreError::Corrupt(root.into(), format!("chain row `{v}`"))),
@@ -611,6 +631,20 @@ impl<'s> Reader<'s> {
         let table = self.table_at(def, generation)?;
         let value = table.get(key)?;
         Ok(value.map(|v| recent::Bytes::copy_from_slice(V::as_bytes(&v.value()).as_ref())))
+    }
+
+    /// Handoff `id`: its row, else its task's record (see [`HANDOFFS`]).
+    fn handoff(&mut self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
+        if let Some(handoff) = self.record(HANDOFFS, id)? {
+            return Ok(Some(handoff));
+        }
+        let Some(task) = paired_task(id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .record::<TaskRecord>(TASKS, &task)?
+            .filter(|t| t.handoff == id)
+            .map(|t| HandoffRecord::of(&t)))
     }
 
     /// The record `id` of `table`, decoded.
@@ -894,6 +928,29 @@ fn try_get_task(txn: &Tx<'_>, id: &str) -> Result<Option<TaskRecord>, StoreError
         Some(task) => Ok(Some(task)),
         None => decode_bytes(id, &json).map(Some),
     }
+}
+
+/// The task `t-<n>` that handoff `h-<n>` made, if it has no row (see [`HANDOFFS`]).
+fn paired_task(handoff: &str) -> Option<String> {
+    handoff.strip_prefix("h-").map(|n| format!("t-{n}"))
+}
+
+/// Handoff `id`, which must exist: its row, else its task's record (see [`HANDOFFS`]).
+fn get_handoff(txn: &Tx<'_>, id: &str) -> Result<HandoffRecord, StoreError> {
+    try_get_handoff(txn, id)?.ok_or_else(|| StoreError::Missing("handoff", id.into()))
+}
+
+/// Handoff `id`, if it exists: its row, else its task's record (see [`HANDOFFS`]).
+fn try_get_handoff(txn: &Tx<'_>, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
+    if let Some(handoff) = try_get_json(txn, HANDOFFS, id)? {
+        return Ok(Some(handoff));
+    }
+    let Some(task) = paired_task(id) else {
+        return Ok(None);
+    };
+    Ok(try_get_task(txn, &task)?
+        .filter(|t| t.handoff == id)
+        .map(|t| HandoffRecord::of(&t)))
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(

@@ -15,7 +15,7 @@ use super::commit::Ack;
 use super::wal::Tx;
 use super::{
     CHAIN, GRANTS, HANDOFF_ONCE, HANDOFFS, INBOX, INBOX_CLAIMS, OPERATOR_INBOX, Queued, READY,
-    RUNNING, ReadAudits, STREAMS, Store, StoreError, get_json, get_task, next, now_ms, put,
+    RUNNING, ReadAudits, STREAMS, Store, StoreError, get_handoff, get_task, next, now_ms, put,
     put_json, put_task, try_get_task,
 };
 use crate::grants::output_key;
@@ -427,7 +427,7 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
         && let Some(hid) = txn.get(HANDOFF_ONCE, (parent.as_str(), *n))?
     {
         let hid = String::from_utf8_lossy(&hid);
-        let handoff: HandoffRecord = get_json(txn, HANDOFFS, &hid)?;
+        let handoff = get_handoff(txn, &hid)?;
         return Ok(Ok(Committed {
             task: handoff.task.clone(),
             handoff,
@@ -441,8 +441,8 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
             h.to, h.inbox_depth
         ))));
     }
-    let hid = format!("h-{}", next(txn, "handoff")?);
-    let tid = format!("t-{}", next(txn, "task")?);
+    let (handoff_n, task_n) = (next(txn, "handoff")?, next(txn, "task")?);
+    let (hid, tid) = (format!("h-{handoff_n}"), format!("t-{task_n}"));
     let now = now_ms();
     let root = h
         .parent
@@ -532,19 +532,11 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
         outcome_summary: None,
         error: None,
     };
-    let handoff = HandoffRecord {
-        id: hid.clone(),
-        from: h.from,
-        to: h.to.clone(),
-        pattern: h.pattern,
-        key: pointer,
-        task: tid.clone(),
-        parent: task.parent.clone(),
-        root: root.clone(),
-        route: h.route,
-        at: now,
-    };
-    put_json(txn, HANDOFFS, &hid, &handoff)?;
+    let handoff = HandoffRecord::of(&task);
+    // A handoff numbered like its task is read from the task (see `HANDOFFS`).
+    if handoff_n != task_n {
+        put_json(txn, HANDOFFS, &hid, &handoff)?;
+    }
     if let Some((parent, n)) = &once {
         txn.open_table(HANDOFF_ONCE)?
             .insert((parent.as_str(), *n), hid.as_str())?;
@@ -576,12 +568,15 @@ pub(super) fn record_handoff(txn: &Tx<'_>, h: NewHandoff) -> Outcome<Committed> 
     } else {
         make_ready(txn, &task)?;
     }
-    // One row for the handoff and the task it made, a line each (see `Store::chain`).
-    txn.put(
-        CHAIN,
-        (root.as_str(), next(txn, "seq")?),
-        format!("h:{hid}\nt:{tid}").as_str(),
-    )?;
+    // One row for the handoff and the task it made, a line each (see `Store::chain`);
+    // none for a chain's first, which its root task's record holds.
+    if task.parent.is_some() {
+        txn.put(
+            CHAIN,
+            (root.as_str(), next(txn, "seq")?),
+            format!("h:{hid}\nt:{tid}").as_str(),
+        )?;
+    }
     Ok(Ok(Committed {
         handoff,
         task: tid,
@@ -923,6 +918,94 @@ pub(super) mod tests {
             assert!(ended.status.is_final(), "{end}: {:?}", ended.status);
             assert_eq!(once_rows(&store), 0, "after {end}");
         }
+    }
+
+    fn handoff_rows(store: &Store) -> u64 {
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(HANDOFFS).unwrap().len().unwrap()
+    }
+
+    /// A handoff numbered like the task it made is read from that task: it writes no row
+    /// of its own, and a chain's first handoff and task write no chain row; both read
+    /// back whole, in the chain's order.
+    #[test]
+    fn a_handoff_is_read_from_the_task_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let root = running(&store, "a");
+        let child = store
+            .hand_off(work("a", Some(root.clone()), "b", Some(0)))
+            .wait()
+            .unwrap()
+            .unwrap();
+
+        let first = store.handoff(&root.handoff).unwrap().unwrap();
+        let expected = HandoffRecord {
+            id: root.handoff.clone(),
+            from: OPERATOR.into(),
+            to: "a".into(),
+            pattern: Pattern::Blackboard,
+            key: Some(format!("output/{OPERATOR}/{}", root.handoff)),
+            task: root.id.clone(),
+            parent: None,
+            root: root.id.clone(),
+            route: None,
+            at: root.created_at,
+        };
+        assert_eq!(first, expected);
+        let second = store.handoff(&child.handoff.id).unwrap().unwrap();
+        assert_eq!(
+            (second.from.as_str(), second.to.as_str(), &second.task),
+            ("a", "b", &child.task)
+        );
+        assert_eq!(
+            (second.parent.as_deref(), second.root.as_str()),
+            (Some(root.id.as_str()), root.id.as_str())
+        );
+        assert_eq!(second.key, Some(format!("output/a/{}", child.handoff.id)));
+
+        let chain = store.chain(&root.id).unwrap();
+        assert_eq!(chain.handoffs, [first, second]);
+        let tasks: Vec<&str> = chain.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(tasks, [root.id.as_str(), child.task.as_str()]);
+        // What the store holds: no handoff row, and one chain row, the second's.
+        assert_eq!(handoff_rows(&store), 0);
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(CHAIN).unwrap().len().unwrap(), 1);
+        // A handoff never made is none, row or not.
+        assert!(store.handoff("h-9").unwrap().is_none());
+    }
+
+    /// Where a store's two counters drifted apart, a handoff numbered unlike its task
+    /// keeps a row, and reads back from it; the task of its number is not taken for it.
+    #[test]
+    fn a_handoff_numbered_unlike_its_task_keeps_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        {
+            let db = redb::Database::open(dir.path().join(crate::store::STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(crate::store::COUNTERS)
+                .unwrap()
+                .insert("task", 5)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let made = store
+            .hand_off(work(OPERATOR, None, "a", None))
+            .wait()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (made.handoff.id.as_str(), made.task.as_str()),
+            ("h-1", "t-6")
+        );
+        assert_eq!(handoff_rows(&store), 1);
+        assert_eq!(store.handoff("h-1").unwrap().unwrap(), made.handoff);
+        assert!(store.handoff("h-6").unwrap().is_none());
+        let chain = store.chain("t-6").unwrap();
+        assert_eq!(chain.handoffs, [made.handoff]);
     }
 
     /// A read whose audit record the writer could not store fails the activation's end

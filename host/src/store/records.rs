@@ -228,6 +228,25 @@ pub struct HandoffRecord {
     pub at: u64,
 }
 
+impl HandoffRecord {
+    /// The handoff that made `task`. Each of its fields is one of the task's, set from
+    /// the same values in the same commit, and a task's never change after it.
+    pub(crate) fn of(task: &TaskRecord) -> HandoffRecord {
+        HandoffRecord {
+            id: task.handoff.clone(),
+            from: task.from.clone(),
+            to: task.to.clone(),
+            pattern: task.pattern,
+            key: task.pointer.clone(),
+            task: task.id.clone(),
+            parent: task.parent.clone(),
+            root: task.root.clone(),
+            route: task.route.clone(),
+            at: task.created_at,
+        }
+    }
+}
+
 /// One version of a key, with provenance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryRecord {

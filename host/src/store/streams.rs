@@ -12,8 +12,8 @@ use super::commit::Ack;
 use super::queue::{Outcome, Refusal, make_ready};
 use super::wal::Tx;
 use super::{
-    HANDOFFS, Queued, STREAMS, Store, StoreError, get_json, get_task, now_ms, put, put_json,
-    try_get_json,
+    Queued, STREAMS, Store, StoreError, get_handoff, get_json, get_task, now_ms, put, put_json,
+    try_get_handoff, try_get_json,
 };
 use crate::store::records::*;
 
@@ -187,7 +187,7 @@ fn close_open(txn: &Tx<'_>, mut meta: StreamMeta) -> Result<(), StoreError> {
 /// Close the stream handoff `handoff` opened, if it opened one still open: the task that
 /// made the handoff has ended for good, and its reader must not wait for more.
 pub(super) fn close_if_open(txn: &Tx<'_>, handoff: &str) -> Result<(), StoreError> {
-    let h: HandoffRecord = get_json(txn, HANDOFFS, handoff)?;
+    let h = get_handoff(txn, handoff)?;
     let Some(key) = h.key.filter(|_| h.pattern == Pattern::Stream) else {
         return Ok(());
     };
@@ -203,7 +203,7 @@ fn closed(meta: &StreamMeta) -> Refusal {
 
 /// The stream `by.handoff` opened, if `by.task` opened it.
 fn stream_of(txn: &Tx<'_>, by: &StreamWriter) -> Outcome<StreamMeta> {
-    let Some(h) = try_get_json::<HandoffRecord>(txn, HANDOFFS, &by.handoff)? else {
+    let Some(h) = try_get_handoff(txn, &by.handoff)? else {
         return Ok(Err(Refusal::NotFound(format!(
             "no handoff `{}`",
             by.handoff
