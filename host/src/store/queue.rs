@@ -877,9 +877,13 @@ pub(super) mod tests {
         }
     }
 
-    fn once_rows(store: &Store) -> u64 {
+    /// How many rows redb holds in `table`.
+    fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+        store: &Store,
+        table: redb::TableDefinition<'static, K, V>,
+    ) -> u64 {
         let txn = store.db.begin_read().unwrap();
-        txn.open_table(HANDOFF_ONCE).unwrap().len().unwrap()
+        txn.open_table(table).unwrap().len().unwrap()
     }
 
     /// A task's hand-offs are remembered while it may be delivered again, and forgotten
@@ -913,16 +917,11 @@ pub(super) mod tests {
                 .unwrap()
                 .unwrap();
             assert!(again.replayed && again.task == first.task);
-            assert_eq!(once_rows(&store), 1);
+            assert_eq!(rows(&store, HANDOFF_ONCE), 1);
             let ended = end_task(&store, &task.id, end).wait().unwrap();
             assert!(ended.status.is_final(), "{end}: {:?}", ended.status);
-            assert_eq!(once_rows(&store), 0, "after {end}");
+            assert_eq!(rows(&store, HANDOFF_ONCE), 0, "after {end}");
         }
-    }
-
-    fn handoff_rows(store: &Store) -> u64 {
-        let txn = store.db.begin_read().unwrap();
-        txn.open_table(HANDOFFS).unwrap().len().unwrap()
     }
 
     /// A handoff numbered like the task it made is read from that task: it writes no row
@@ -969,9 +968,8 @@ pub(super) mod tests {
         let tasks: Vec<&str> = chain.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(tasks, [root.id.as_str(), child.task.as_str()]);
         // What the store holds: no handoff row, and one chain row, the second's.
-        assert_eq!(handoff_rows(&store), 0);
-        let txn = store.db.begin_read().unwrap();
-        assert_eq!(txn.open_table(CHAIN).unwrap().len().unwrap(), 1);
+        assert_eq!(rows(&store, HANDOFFS), 0);
+        assert_eq!(rows(&store, CHAIN), 1);
         // A handoff never made is none, row or not.
         assert!(store.handoff("h-9").unwrap().is_none());
     }
@@ -1001,7 +999,7 @@ pub(super) mod tests {
             (made.handoff.id.as_str(), made.task.as_str()),
             ("h-1", "t-6")
         );
-        assert_eq!(handoff_rows(&store), 1);
+        assert_eq!(rows(&store, HANDOFFS), 1);
         assert_eq!(store.handoff("h-1").unwrap().unwrap(), made.handoff);
         assert!(store.handoff("h-6").unwrap().is_none());
         let chain = store.chain("t-6").unwrap();
