@@ -97,8 +97,8 @@ fn seen(store: &Store, task: &str) -> Seen {
 /// and value had a row each, in `bb_meta` and `bb_values`, and every key a head row),
 /// before a handoff and the task it made shared a chain row, before a transaction's
 /// audit records shared a row, and before a handoff was read from its task (every
-/// handoff had a row in `handoffs`, and a chain's first its chain row), reads back the
-/// same, and takes new work beside it.
+/// handoff had a row in `handoffs`, and a chain's first handoff and task a chain row),
+/// reads back the same, and takes new work beside it.
 /// The test writes the old layout into redb itself, by the tables' names on disk.
 #[tokio::test]
 async fn a_store_in_the_earlier_layout_reads_back_the_same() {
