@@ -638,13 +638,7 @@ impl<'s> Reader<'s> {
         if let Some(handoff) = self.record(HANDOFFS, id)? {
             return Ok(Some(handoff));
         }
-        let Some(task) = paired_task(id) else {
-            return Ok(None);
-        };
-        Ok(self
-            .record::<TaskRecord>(TASKS, &task)?
-            .filter(|t| t.handoff == id)
-            .map(|t| HandoffRecord::of(&t)))
+        paired(id, |task| self.record(TASKS, task))
     }
 
     /// The record `id` of `table`, decoded.
@@ -930,9 +924,19 @@ fn try_get_task(txn: &Tx<'_>, id: &str) -> Result<Option<TaskRecord>, StoreError
     }
 }
 
-/// The task `t-<n>` that handoff `h-<n>` made, if it has no row (see [`HANDOFFS`]).
-fn paired_task(handoff: &str) -> Option<String> {
-    handoff.strip_prefix("h-").map(|n| format!("t-{n}"))
+/// Handoff `id` as the task numbered like it records it (`t-<n>` for `h-<n>`), read with
+/// `task`, if that task names `id` as its handoff: a handoff with no row (see
+/// [`HANDOFFS`]). The one rule for both of the store's ways to read.
+fn paired(
+    id: &str,
+    task: impl FnOnce(&str) -> Result<Option<TaskRecord>, StoreError>,
+) -> Result<Option<HandoffRecord>, StoreError> {
+    let Some(n) = id.strip_prefix("h-") else {
+        return Ok(None);
+    };
+    Ok(task(&format!("t-{n}"))?
+        .filter(|t| t.handoff == id)
+        .map(|t| HandoffRecord::of(&t)))
 }
 
 /// Handoff `id`, which must exist: its row, else its task's record (see [`HANDOFFS`]).
@@ -945,12 +949,7 @@ fn try_get_handoff(txn: &Tx<'_>, id: &str) -> Result<Option<HandoffRecord>, Stor
     if let Some(handoff) = try_get_json(txn, HANDOFFS, id)? {
         return Ok(Some(handoff));
     }
-    let Some(task) = paired_task(id) else {
-        return Ok(None);
-    };
-    Ok(try_get_task(txn, &task)?
-        .filter(|t| t.handoff == id)
-        .map(|t| HandoffRecord::of(&t)))
+    paired(id, |task| try_get_task(txn, task))
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(
