@@ -916,9 +916,9 @@ fn read_frames(
         end: 0,
         clean: true,
     };
-    let mut payload = Vec::new();
+    let (mut head, mut payload) = (Vec::with_capacity(HEADER), Vec::new());
     loop {
-        let mut head = Vec::with_capacity(HEADER);
+        head.clear();
         (&mut from).take(HEADER as u64).read_to_end(&mut head)?;
         read.clean = head.iter().all(|&b| b == 0);
         if read.clean || head.len() < HEADER {
