@@ -6,8 +6,10 @@
 //! outcome is committed and on disk. Latencies are of one handoff at a time; rates are
 //! with [`IN_FLIGHT`] handoffs at a time, which is what group commit needs to share
 //! fsyncs. `blackboard_durable` fsyncs every commit; the other handoff figures use the
-//! host's default, group commit. Last, `setup.restart_after_kill` times the reopening of
-//! the store all those handoffs went through, as a kill would leave it.
+//! host's default, group commit. Then `setup.restart_after_kill` times the reopening of
+//! the store all those handoffs went through, as a kill would leave it. Last comes a
+//! control, `setup.push_without_sandbox`: push through the same store with activations
+//! that instantiate nothing, which shows what the durable path alone allows.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,6 +25,10 @@ use crate::store::{
 
 /// Handoffs in flight at once in the handoff measurements.
 pub const IN_FLIGHT: usize = 32;
+
+/// Handoffs in flight in the second run of the control (`setup.push_without_sandbox`):
+/// enough that the CPU, not the wait for fsyncs, bounds the rate.
+const MOST_IN_FLIGHT: usize = 4 * IN_FLIGHT;
 
 /// Percentiles of a latency sample, in microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +218,13 @@ fn cpu_ticks() -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time this process used per handoff since `before` ([`cpu_ticks`]), in µs, over
+/// `n` handoffs.
+fn cpu_us_since(before: Option<u64>, n: usize) -> Option<f64> {
+    let used = cpu_ticks()?.checked_sub(before?)?;
+    Some((used as f64 * 10_000.0 / n as f64).round())
+}
+
 /// A memory figure of this process from `/proc/self/status` (`VmHWM`: the peak resident
 /// set; `VmRSS`: the resident set now), in MiB.
 fn status_mib(field: &str) -> f64 {
@@ -315,9 +328,10 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
 
     let (cold_load_ms, cached_load_ms) = loads(&dir.join("load"), cached_loads).await?;
 
-    // Every bench agent may run once per client at a time.
+    // Every bench agent may run once per client at a time, with as many clients as the
+    // control's second run has.
     let concurrent = |mut spec: AgentSpec| {
-        spec.limits.concurrency = IN_FLIGHT as u32;
+        spec.limits.concurrency = MOST_IN_FLIGHT as u32;
         spec
     };
     let mut echo = concurrent(agent("echo", a::echo::WASM));
@@ -379,9 +393,8 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
         let (alone, _) = handoffs(&host, to, pattern, latency_runs, 1).await?;
         let before = cpu_ticks();
         let (busy, slowest) = handoffs(&host, to, pattern, handoff_runs, IN_FLIGHT).await?;
-        if let (Some(b), Some(a)) = (before, cpu_ticks()) {
-            let us = (a - b) as f64 * 10_000.0 / handoff_runs as f64;
-            cpu.insert(name.into(), json!(us.round()));
+        if let Some(us) = cpu_us_since(before, handoff_runs) {
+            cpu.insert(name.into(), json!(us));
         }
         loaded.insert(
             name.into(),
@@ -420,6 +433,23 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
     }
     let killed_quiet = restart(&state, &dir.join("restart-quiet"))?;
 
+    // The control, after the restart figures so that they stay of the runs above: push
+    // through a host whose activations complete each task with its payload and run no
+    // agent (`Host::without_sandbox`), so the same claims, commits and fsyncs, at the
+    // bench's in-flight count and at four times it. Its rate is the ceiling that the
+    // durable path alone puts on push, whatever the sandbox costs.
+    let bare = host.clone().without_sandbox();
+    let mut control = Vec::new();
+    for in_flight in [IN_FLIGHT, MOST_IN_FLIGHT] {
+        let before = cpu_ticks();
+        let (busy, _) = handoffs(&bare, "echo", Pattern::Push, handoff_runs, in_flight).await?;
+        control.push(json!({
+            "in_flight": in_flight,
+            "handoffs_per_s": busy.handoffs_per_s.round(),
+            "cpu_us_per_handoff": cpu_us_since(before, handoff_runs),
+        }));
+    }
+
     Ok(BenchReport {
         activation_us: Activation { p50, p99 },
         blackboard_durable,
@@ -448,6 +478,10 @@ pub async fn run(dir: &Path, quick: bool) -> anyhow::Result<BenchReport> {
                 "after_quiet": killed_quiet,
             },
             "blackboard_fast_writes_per_fsync": writes_per_fsync,
+            "push_without_sandbox": {
+                "what": "push as above, but each activation completes its task with the task's own payload and instantiates nothing: the claims, commits and fsyncs of a push handoff without its sandbox",
+                "runs": control,
+            },
             "load": format!(
                 "a mesh of the heavy agent ({:.1} MiB component): cold = first load, compiled by cranelift into an empty state directory; cached = loads of the same mesh in the same state directory after the host is dropped, its compiled form read from `compiled/`, verified and deserialized",
                 a::heavy::WASM.len() as f64 / (1024.0 * 1024.0)
@@ -479,6 +513,19 @@ pub fn to_text(r: &BenchReport) -> String {
     }
     s += &row("push", &r.push);
     s += &row("pull", &r.pull);
+    if let Some(runs) = r.setup["push_without_sandbox"]["runs"].as_array() {
+        let rates: Vec<String> = runs
+            .iter()
+            .map(|run| {
+                format!(
+                    "{:.0} handoffs/s at {} in flight",
+                    run["handoffs_per_s"].as_f64().unwrap_or(f64::NAN),
+                    run["in_flight"]
+                )
+            })
+            .collect();
+        s += &format!("push, no sandbox     {}\n", rates.join(", "));
+    }
     s += &format!(
         "cold load            {:>9.1} ms  (compile)\n",
         r.cold_load_ms

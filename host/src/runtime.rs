@@ -284,6 +284,9 @@ struct Loaded {
 pub struct Host {
     inner: Arc<Inner>,
     workers: usize,
+    /// Whether activations run their agent. Only the benchmark's control run turns it
+    /// off (see [`Host::without_sandbox`]).
+    sandbox: bool,
 }
 
 struct Inner {
@@ -538,12 +541,22 @@ impl Host {
                 recovered,
             }),
             workers: DEFAULT_WORKERS,
+            sandbox: true,
         })
     }
 
     /// Run at most `n` activations at once (at least 1, at most [`MAX_WORKERS`]).
     pub fn with_workers(mut self, n: usize) -> Self {
         self.workers = n.clamp(1, MAX_WORKERS);
+        self
+    }
+
+    /// The benchmark's control: a host whose activations run no agent and instantiate
+    /// nothing, but complete each task with its own payload, through the same claims,
+    /// commits and fsyncs as a real activation. What it measures is the durable path
+    /// around the sandbox, alone. Not reachable from the CLI or from a mesh file.
+    pub(crate) fn without_sandbox(mut self) -> Self {
+        self.sandbox = false;
         self
     }
 
@@ -907,6 +920,20 @@ impl Host {
             )
             .await;
         };
+        if !self.sandbox {
+            let data = task.payload.as_deref().unwrap_or_default();
+            let done = store
+                .complete(
+                    &task.id,
+                    "completed without a sandbox",
+                    data,
+                    REPLY_DEADLINE_MS,
+                    &reads,
+                )
+                .await;
+            shared.wake();
+            return done;
+        }
         let left = task.deadline.saturating_sub(now_ms());
         if left == 0 {
             return fail(FailureKind::Timeout, "deadline passed before it ran").await;
@@ -1163,6 +1190,7 @@ mod tests {
     //! Waiting for a task's end leaves nothing behind, however the wait ends: a host that
     //! clients keep asking must not grow with every task they asked about. And what the
     //! wait answers is the task as stored, whether it ended before or during the wait.
+    //! And the benchmark's control, a host without a sandbox, runs no agent.
 
     use std::time::Duration;
 
@@ -1209,5 +1237,35 @@ mod tests {
         assert!(done.unwrap().is_none());
 
         assert_eq!(host.inner.shared.end_waits(), 0);
+    }
+
+    /// The benchmark's control must measure a push handoff's commits and nothing of its
+    /// sandbox: the agent does not run (its outcome would say what it read), and the task
+    /// still ends as a real one does: completed, its outcome stored.
+    #[tokio::test]
+    async fn the_benchmarks_control_runs_no_agent_and_ends_the_task_as_an_activation_does() {
+        let state = tempfile::tempdir().unwrap();
+        let echo = AgentSpec::new("echo", "echo.wasm", baton_artifacts::echo::WASM.into());
+        let host = Host::load(&Mesh::new("<test>", vec![echo]), state.path()).unwrap();
+        let data = br#"{"title":"t"}"#.to_vec();
+        let run = async |host: &Host| {
+            let c = host.submit_async("echo", "s", Some(data.clone()), vec![], Pattern::Push);
+            let task = c.await.unwrap().task;
+            assert_eq!(host.run_until_idle().await.unwrap(), 1);
+            let done = host.store().task(&task).unwrap().unwrap();
+            assert_eq!(done.status, Status::Completed);
+            let key = done.outcome_key.as_deref().unwrap();
+            let stored = host.store().read(key, None).unwrap().unwrap();
+            (done.outcome_summary.unwrap(), stored.value)
+        };
+
+        let (summary, outcome) = run(&host.clone().without_sandbox()).await;
+        assert_eq!(summary, "completed without a sandbox");
+        assert_eq!(outcome, data);
+
+        // The same host with its sandbox runs `echo`, whose outcome is its own.
+        let (summary, outcome) = run(&host).await;
+        assert_ne!(summary, "completed without a sandbox");
+        assert_ne!(outcome, data);
     }
 }
