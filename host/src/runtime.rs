@@ -913,6 +913,13 @@ impl Host {
             shared.wake();
             r
         };
+        let complete = async |summary: &str, data: &[u8]| {
+            let r = store
+                .complete(&task.id, summary, data, REPLY_DEADLINE_MS, &reads)
+                .await;
+            shared.wake();
+            r
+        };
         let Some(loaded) = inner.agents.get(&agent_id) else {
             return fail(
                 FailureKind::Error,
@@ -922,17 +929,7 @@ impl Host {
         };
         if !self.sandbox {
             let data = task.payload.as_deref().unwrap_or_default();
-            let done = store
-                .complete(
-                    &task.id,
-                    "completed without a sandbox",
-                    data,
-                    REPLY_DEADLINE_MS,
-                    &reads,
-                )
-                .await;
-            shared.wake();
-            return done;
+            return complete("completed without a sandbox", data).await;
         }
         let left = task.deadline.saturating_sub(now_ms());
         if left == 0 {
@@ -992,17 +989,7 @@ impl Host {
                     )
                     .await;
                 }
-                let done = store
-                    .complete(
-                        &task.id,
-                        &outcome.summary,
-                        &outcome.data,
-                        REPLY_DEADLINE_MS,
-                        &reads,
-                    )
-                    .await;
-                shared.wake();
-                done
+                complete(&outcome.summary, &outcome.data).await
             }
             Ok(Ok(Err(message))) => {
                 fail(
